@@ -1,0 +1,1 @@
+"""rlcircuits: what RL post-training does to a transformer's behaviour and circuits."""

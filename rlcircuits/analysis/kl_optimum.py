@@ -1,0 +1,190 @@
+"""The exact KL-regularised optimum of the toy study, and how far a trained policy is from it.
+
+For the objective E_π[r] − α·KL(π‖π_base) the maximiser is π*(y) ∝ π_base(y)·exp(r(y)/α). Three
+versions of its branch marginals are computed, each independently:
+- ``optimal``: under the *trained* base, by enumerating every well-formed sequence in batches. Malformed
+  sequences all earn the same ``invalid_reward``, so their total weight is exact too: it is the base's
+  mass outside the well-formed space (reported) times exp(invalid_reward/α).
+- ``closed_form``: under a *perfect* base (the data distribution): ∝ p_b · E_data[exp(r/α) | b].
+- ``policy`` and ``base``: shares of ``n_samples`` sequences sampled from each checkpoint.
+``tv_policy_optimal`` is the total-variation distance between the policy's and the optimum's branch
+distributions (the malformed share counted as one more outcome).
+
+    python run.py experiment=toy_kl alpha=0.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlcircuits.analysis import ANALYSES
+from rlcircuits.io import save_figure
+from rlcircuits.registry import check
+from rlcircuits.tasks.toy_abc import MALFORMED, ToyABC
+from rlcircuits.trainers.rollout import sample
+
+
+@dataclass
+class KLOptimumConfig:
+    name: str = "kl_optimum"
+    alpha: float = 0.1  # KL coefficient (the top-level `alpha`)
+    n_samples: int = 16384  # sequences sampled from each checkpoint
+    batch_size: int = 4096  # sequences per forward pass, for enumeration and sampling
+    seed: int = 0  # sampling seed (the top-level `seed`)
+
+    def __post_init__(self):
+        check(self.alpha > 0, "alpha", f"{self.alpha} must be > 0 for the optimum to exist")
+        check(self.n_samples >= 4096, "n_samples", f"{self.n_samples} < 4096 gives too noisy a share estimate")
+        check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+
+
+@torch.no_grad()
+def sequence_logprobs(model, ids: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """log p(ids[:, 1:] | ids[:, :1]) for each row of ``ids [N, T]`` (row starts with <bos>), ``[N]``."""
+    out = []
+    for chunk in ids.split(batch_size):
+        logp = torch.log_softmax(model(chunk).logits[:, :-1].float(), -1)  # [n, T-1, V]
+        out.append(logp.gather(-1, chunk[:, 1:, None]).squeeze(-1).sum(-1))
+    return torch.cat(out)
+
+
+def tilted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branches: list[str], names: list[str],
+                            alpha: float, outside: float = 0.0, invalid_reward: float = 0.0) -> dict[str, float]:
+    """Branch marginals of π ∝ p·exp(r/α), from ``logp [N]`` and ``rewards [N]`` of enumerated sequences.
+
+    ``outside`` is the reference's probability mass on sequences not enumerated, all of reward
+    ``invalid_reward``; it becomes the ``malformed`` share.
+    """
+    logw = logp.double() + rewards.double() / alpha  # [N]
+    terms = [logw]
+    if outside > 0:
+        terms.append(torch.tensor([math.log(outside) + invalid_reward / alpha], dtype=torch.double))
+    log_z = torch.logsumexp(torch.cat(terms), 0)
+    w = torch.exp(logw - log_z)
+    idx = torch.tensor([names.index(b) for b in branches])
+    shares = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, w)
+    out = {n: float(s) for n, s in zip(names, shares)}
+    out[MALFORMED] = max(0.0, 1.0 - sum(out.values()))
+    return out
+
+
+def exact_optimum(base, task: ToyABC, alpha: float, batch_size: int = 4096) -> tuple[dict[str, float], float, float]:
+    """π* branch marginals under ``base`` by enumerating the well-formed space, the base's probability of
+    malformed sequences, and its exact excess loss KL(data‖base) in nats per sequence (0 for a perfect
+    base)."""
+    ids, branches, rewards = task.well_formed()
+    logp = sequence_logprobs(base, ids.to(next(base.parameters()).device), batch_size).cpu().double()
+    outside = max(0.0, 1.0 - float(torch.exp(torch.logsumexp(logp, 0))))
+    marg = tilted_branch_marginals(logp, torch.tensor(rewards), branches, task.branches, alpha,
+                                   outside, task.cfg.invalid_reward)
+    p_data = torch.tensor([task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
+                           for b, bits in zip(branches, task.well_formed_bits())], dtype=torch.double)
+    seen = p_data > 0
+    excess = float((p_data[seen] * (p_data[seen].log() - logp[seen])).sum())
+    return marg, outside, excess
+
+
+def closed_form(task: ToyABC, alpha: float) -> dict[str, float]:
+    """π* branch marginals for a perfect base: ∝ p_b · Σ_bits P_data(bits | b)·exp(r(bits)/α)."""
+    log_w = {}
+    for name, b in task.cfg.branches.items():
+        terms = [math.log(p) + task.reward_fn(bits) / alpha for bits, p in task.bits_distribution(name).items() if p > 0]
+        log_w[name] = math.log(b.prob) + float(torch.logsumexp(torch.tensor(terms, dtype=torch.double), 0)) if b.prob > 0 else -math.inf
+    log_z = float(torch.logsumexp(torch.tensor(list(log_w.values()), dtype=torch.double), 0))
+    return {n: math.exp(w - log_z) for n, w in log_w.items()} | {MALFORMED: 0.0}
+
+
+def sampled_shares(model, task: ToyABC, n: int, seed: int, batch_size: int = 4096) -> dict[str, float]:
+    """Share of each branch (and of malformed sequences) among ``n`` samples from ``model``."""
+    torch.manual_seed(seed)
+    counts: Counter[str] = Counter()
+    prompt = task.examples("train", 1, seed)[0]
+    for start in range(0, n, batch_size):
+        rollout = sample(model, [prompt] * min(batch_size, n - start), task.tokenizer, task.max_new_tokens)
+        counts.update(task.parse(c)[0] for c in rollout.completions)
+    return {name: counts[name] / n for name in [*task.branches, MALFORMED]}
+
+
+def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
+
+
+def plot_distributions(dists: dict[str, dict[str, float]], names: list[str], alpha: float, path: Path):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(dists)
+    x = np.arange(len(names))
+    for i, (label, d) in enumerate(dists.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, [d[n] for n in names], width, label=label)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("probability")
+    ax.set_title(f"branch distribution, α = {alpha:g}")
+    ax.legend()
+    save_figure(fig, path)
+
+
+@ANALYSES.register("kl_optimum", schema=KLOptimumConfig)
+def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_dir: Path) -> dict:
+    check(isinstance(task, ToyABC), "analysis", "kl_optimum needs task=toy_abc (an enumerable sequence space)")
+    base = AutoModelForCausalLM.from_pretrained(checkpoints["base"]).eval()
+    policy = AutoModelForCausalLM.from_pretrained(checkpoints["policy"]).eval()
+    optimal, outside, excess = exact_optimum(base, task, cfg.alpha, cfg.batch_size)
+    dists = {
+        "base": sampled_shares(base, task, cfg.n_samples, cfg.seed, cfg.batch_size),
+        "policy": sampled_shares(policy, task, cfg.n_samples, cfg.seed + 1, cfg.batch_size),
+        "optimal": optimal,
+        "closed_form": closed_form(task, cfg.alpha),
+    }
+    names = task.branches
+    plot_distributions(dists, names, cfg.alpha, out_dir / "plots" / "branch_distribution.png")
+    return {
+        "alpha": cfg.alpha,
+        "branches": names,
+        "distribution": {k: {n: d[n] for n in names} for k, d in dists.items()},
+        "malformed": {k: d[MALFORMED] for k, d in dists.items()},
+        "mass_outside_enumeration": outside,
+        "base_excess_loss": excess,
+        "tv_policy_optimal": total_variation(dists["policy"], optimal),
+        "tv_base_data": total_variation(dists["base"], {n: task.cfg.branches[n].prob for n in names}),
+        "tv_optimal_closed_form": total_variation(optimal, dists["closed_form"]),
+    }
+
+
+def plot_sweep(rows: list[dict], out_dir: Path) -> None:
+    """The study's headline figure: branch shares against α — the RL policy (per trainer, mean ± sd over
+    seeds), the exact optimum under each trained base (mean over seeds) and the perfect-base closed form
+    (a curve, from the first job's task config)."""
+    from omegaconf import OmegaConf
+
+    from rlcircuits.registry import validate
+    from rlcircuits.tasks.toy_abc import ToyABCConfig
+
+    task = ToyABC(validate(ToyABCConfig, OmegaConf.load(out_dir / rows[0]["job"] / ".hydra" / "config.yaml").task, "task"))
+    alphas = sorted({float(r["alpha"]) for r in rows})
+    grid = np.geomspace(alphas[0] / 1.5, alphas[-1] * 1.5, 60)
+    curve = [closed_form(task, a) for a in grid]
+    trainer = lambda r: r.get("override:trainer", "")  # noqa: E731
+    fig, axes = plt.subplots(1, len(task.branches), figsize=(4 * len(task.branches), 3.5), sharey=True, squeeze=False)
+    for ax, b in zip(axes[0], task.branches):
+        ax.plot(grid, [c[b] for c in curve], "k--", lw=1, label="closed form (perfect base)")
+        optimal = [np.mean([r[f"distribution/optimal/{b}"] for r in rows if float(r["alpha"]) == a]) for a in alphas]
+        ax.plot(alphas, optimal, "s", mfc="none", color="0.4", ms=9, label="exact optimum (trained base)")
+        for name in sorted({trainer(r) for r in rows}):
+            vals = {a: [r[f"distribution/policy/{b}"] for r in rows if trainer(r) == name and float(r["alpha"]) == a]
+                    for a in alphas}
+            xs = [a for a in alphas if vals[a]]
+            ax.errorbar(xs, [np.mean(vals[a]) for a in xs], yerr=[np.std(vals[a]) for a in xs],
+                        marker="o", ls="none", capsize=3, label=f"RL policy ({name})" if name else "RL policy")
+        ax.set_xscale("log")
+        ax.set_xlabel("α (KL coefficient)")
+        ax.set_title(f"branch {b}")
+    axes[0][0].set_ylabel("share of samples")
+    axes[0][-1].legend(fontsize=7)
+    save_figure(fig, out_dir / "branch_shares_vs_alpha.png")

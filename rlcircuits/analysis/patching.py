@@ -1,0 +1,122 @@
+"""Activation patching: which activations carry the information that decides the answer?
+
+Runs the corrupt prompts while patching in one clean activation at a time (TransformerLens'
+``generic_activation_patch`` and its setters) and measures the logit difference at the final position,
+``logit[clean answer] − logit[corrupt answer]`` (mean over the batch), normalised so that
+1 = the clean run's value and 0 = the corrupt run's. Clean and corrupt prompts are paired row by row and
+must have equal length. Residual "layer" 0 is the embedding (``blocks.0.hook_resid_pre``) and layer
+l ≥ 1 is ``blocks.{l-1}.hook_resid_post``, as in ``probe``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens import patching as tlp
+
+from rlcircuits.io import save_figure
+
+
+def logit_diff(logits: torch.Tensor, clean_answers: torch.Tensor, corrupt_answers: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of final-position ``logit[clean] − logit[corrupt]``; logits [batch, seq, d_vocab]."""
+    final = logits[:, -1]  # [batch, d_vocab]
+    rows = torch.arange(final.shape[0])
+    return (final[rows, clean_answers] - final[rows, corrupt_answers]).mean()
+
+
+def normalised_logit_diff(logits: torch.Tensor, clean_answers: torch.Tensor, corrupt_answers: torch.Tensor,
+                          clean_value: float, corrupt_value: float) -> torch.Tensor:
+    """``logit_diff`` rescaled so that ``clean_value`` ↦ 1 and ``corrupt_value`` ↦ 0."""
+    return (logit_diff(logits, clean_answers, corrupt_answers) - corrupt_value) / (clean_value - corrupt_value)
+
+
+@torch.no_grad()
+def patch(
+    model: HookedTransformer,
+    clean_tokens: torch.Tensor,
+    corrupt_tokens: torch.Tensor,
+    clean_answers: torch.Tensor,
+    corrupt_answers: torch.Tensor,
+    patcher: Callable[..., torch.Tensor],
+    axes: tuple[str, str],
+) -> dict:
+    """Run ``patcher(model, corrupt_tokens, clean_cache, metric)`` with the normalised logit-diff metric.
+
+    clean_tokens, corrupt_tokens: [batch, seq] paired prompts; clean_answers, corrupt_answers: [batch] ids.
+    patcher: one of the ``get_act_patch_*`` functions below (or from ``transformer_lens.patching``)
+        returning a 2-d array; axes: the names of its two axes, for plots.
+    Returns ``{"patched": patcher's array, "axes": axes, "clean_logit_diff": float,
+    "corrupt_logit_diff": float}``.
+    """
+    if clean_tokens.shape != corrupt_tokens.shape:
+        raise ValueError(f"clean {tuple(clean_tokens.shape)} and corrupt {tuple(corrupt_tokens.shape)} "
+                         "prompts must be paired and of equal length")
+    clean_logits, clean_cache = model.run_with_cache(clean_tokens)
+    clean_value = logit_diff(clean_logits, clean_answers, corrupt_answers).item()
+    corrupt_value = logit_diff(model(corrupt_tokens), clean_answers, corrupt_answers).item()
+    if abs(clean_value - corrupt_value) < 1e-6:
+        raise ValueError(f"clean and corrupt logit differences are equal ({clean_value:.4g}): "
+                         "the metric cannot be normalised; the pair must change the answer")
+    metric = partial(normalised_logit_diff, clean_answers=clean_answers, corrupt_answers=corrupt_answers,
+                     clean_value=clean_value, corrupt_value=corrupt_value)
+    patched = patcher(model, corrupt_tokens, clean_cache, metric)
+    return {"patched": patched.cpu().numpy(), "axes": axes,
+            "clean_logit_diff": clean_value, "corrupt_logit_diff": corrupt_value}
+
+
+def get_act_patch_resid(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
+    """Patch the residual stream at each layer × position: [n_layers+1, seq] (row 0 = embedding)."""
+    embed = tlp.generic_activation_patch(
+        model, corrupted_tokens, clean_cache, patching_metric, tlp.layer_pos_patch_setter, "resid_pre",
+        index_df=pd.DataFrame({"layer": 0, "pos": range(corrupted_tokens.shape[1])}),
+    )  # [seq]
+    post = tlp.generic_activation_patch(
+        model, corrupted_tokens, clean_cache, patching_metric, tlp.layer_pos_patch_setter, "resid_post",
+        index_axis_names=("layer", "pos"),
+    )  # [n_layers, seq]
+    return torch.cat([embed[None], post])
+
+
+def get_act_patch_head_out_final_pos(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
+    """Patch each head's output (``attn.hook_z``) at the final position only: [n_layers, n_heads]."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    index = pd.DataFrame([(l, corrupted_tokens.shape[1] - 1, h) for l in range(n_layers) for h in range(n_heads)],
+                         columns=["layer", "pos", "head"])
+    flat = tlp.generic_activation_patch(
+        model, corrupted_tokens, clean_cache, patching_metric, tlp.layer_pos_head_vector_patch_setter, "z",
+        index_df=index,
+    )  # [n_layers * n_heads]
+    return flat.reshape(n_layers, n_heads)
+
+
+patch_resid = partial(patch, patcher=get_act_patch_resid, axes=("layer (0 = embed)", "position"))
+patch_resid.__doc__ = "``patch`` of the residual stream: ``patched`` is [n_layers+1, seq] (row 0 = embedding)."
+patch_heads_all_pos = partial(patch, patcher=tlp.get_act_patch_attn_head_out_all_pos,
+                              axes=("layer", "head"))
+patch_heads_all_pos.__doc__ = ("``patch`` of each head's output at every position at once: ``patched`` is "
+                               "[n_layers, n_heads].")
+patch_heads_final_pos = partial(patch, patcher=get_act_patch_head_out_final_pos, axes=("layer", "head"))
+patch_heads_final_pos.__doc__ = ("``patch`` of each head's output at the final position only: ``patched`` is "
+                                 "[n_layers, n_heads].")
+
+
+def plot_patching(results: dict[str, dict], path) -> None:
+    """One heatmap per named result of ``patch_*`` (e.g. {"resid": ..., "heads (all pos)": ...})."""
+    fig, axes = plt.subplots(1, len(results), squeeze=False, layout="constrained",
+                             figsize=(4.2 * len(results), 3.4))
+    for ax, (title, result) in zip(axes[0], results.items()):
+        values = np.asarray(result["patched"])
+        bound = max(1.0, float(np.abs(values).max()))
+        im = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", origin="lower")
+        ax.set_yticks(range(values.shape[0]))
+        ax.set_ylabel(result["axes"][0])
+        ax.set_xlabel(result["axes"][1])
+        ax.set_title(f"{title}\n1 = clean, 0 = corrupt", fontsize=9)
+        fig.colorbar(im, ax=ax)
+    save_figure(fig, path)

@@ -1,0 +1,160 @@
+"""Sparse-autoencoder features of one hook, and which of them survive out of distribution.
+
+An SAE (SAELens ``StandardTrainingSAE``: ReLU encoder, L1 sparsity penalty) is trained on the ID
+activations of one hook with SAELens' ``SAETrainer`` fed by an in-memory data provider — no language-model
+runner, dataset or wandb needed. Each feature's firing frequency and mean activation are then measured per
+split, and features are sorted into ID-specific (fire on ID, rarely on an OOD split) and OOD-stable (fire at
+a similar rate on both). The classification is ours: SAELens trains and encodes, it does not compare splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from transformer_lens import HookedTransformer
+
+from rlcircuits.io import save_figure
+
+
+@torch.no_grad()
+def hook_activations(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    hook_name: str,
+    positions: Sequence[int] | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Activations of ``hook_name`` (a [batch, seq, d] hook) at ``positions`` (default all): [batch * n_pos, d]."""
+    chunks = []
+    for chunk in tokens.split(batch_size):  # [b, seq]
+        _, cache = model.run_with_cache(chunk, names_filter=[hook_name])
+        acts = cache[hook_name]  # [b, seq, d]
+        if acts.ndim != 3:
+            raise ValueError(f"hook {hook_name!r} has shape {tuple(acts.shape)}; use a [batch, seq, d] hook "
+                             "such as blocks.{l}.hook_resid_post or blocks.{l}.hook_mlp_out")
+        if positions is not None:
+            acts = acts[:, list(positions)]
+        chunks.append(acts.reshape(-1, acts.shape[-1]).float().cpu())
+    return torch.cat(chunks)
+
+
+def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless random minibatches of rows of ``acts`` [n, d]: the trainer's data provider."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield acts[torch.randint(0, acts.shape[0], (batch_size,), generator=gen)]
+
+
+def train_sae(
+    acts: torch.Tensor,
+    d_sae: int,
+    l1_coefficient: float = 1.0,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 3e-4,
+    seed: int = 0,
+) -> StandardTrainingSAE:
+    """Train a standard (ReLU + L1) SAE on ``acts`` [n, d_in] for ``steps`` minibatches at constant ``lr``."""
+    torch.manual_seed(seed)
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, l1_coefficient=l1_coefficient))
+    cfg = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size, lr=lr,
+                           lr_end=lr, device="cpu", logger=LoggingConfig(log_to_wandb=False))
+    return SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(acts, batch_size, seed)).fit()
+
+
+@torch.no_grad()
+def feature_stats(sae: StandardTrainingSAE, acts: torch.Tensor) -> dict:
+    """Per-feature ``firing_frequency`` and ``mean_activation`` [d_sae], plus ``l0`` and ``explained_variance``.
+
+    acts: [n, d_in]. A feature fires on a row when its activation is > 0; explained variance is
+    1 − ‖x − x̂‖² / ‖x − mean(x)‖² of the SAE reconstruction.
+    """
+    features = sae.encode(acts)  # [n, d_sae]
+    recon = sae.decode(features)  # [n, d_in]
+    residual = ((acts - recon) ** 2).sum()
+    total = ((acts - acts.mean(0)) ** 2).sum().clamp_min(1e-12)
+    fires = (features > 0).float()
+    return {
+        "firing_frequency": fires.mean(0).numpy(),
+        "mean_activation": features.mean(0).numpy(),
+        "l0": fires.sum(1).mean().item(),
+        "explained_variance": (1 - residual / total).item(),
+    }
+
+
+def classify_features(freq_id: np.ndarray, freq_ood: np.ndarray, active: float = 0.01,
+                      specific_ratio: float = 0.1, stable_ratio: float = 0.5) -> dict:
+    """Sort features that fire on ID (frequency ≥ ``active``) by their OOD frequency relative to ID.
+
+    ID-specific: ``freq_ood ≤ specific_ratio · freq_id``. OOD-stable: ``freq_ood / freq_id`` within
+    ``[stable_ratio, 1 / stable_ratio]``. Others (dead on ID, or in between) are neither.
+    Returns boolean masks ``id_specific`` and ``ood_stable`` [d_sae].
+    """
+    fires_id = freq_id >= active
+    ratio = freq_ood / np.maximum(freq_id, 1e-12)
+    return {"id_specific": fires_id & (ratio <= specific_ratio),
+            "ood_stable": fires_id & (ratio >= stable_ratio) & (ratio <= 1 / stable_ratio)}
+
+
+def sae_features(
+    model: HookedTransformer,
+    tokens: Mapping[str, torch.Tensor],
+    hook_name: str,
+    d_sae: int,
+    id_split: str = "id",
+    positions: Sequence[int] | None = None,
+    l1_coefficient: float = 1.0,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 3e-4,
+    active: float = 0.01,
+    specific_ratio: float = 0.1,
+    stable_ratio: float = 0.5,
+    seed: int = 0,
+) -> dict:
+    """Train an SAE on ``tokens[id_split]``'s ``hook_name`` activations; compare its features across splits.
+
+    tokens: split → [batch, seq]; positions: which positions' activations to use (default all).
+    Returns ``{"sae": the trained SAE (``sae.save_model(dir)`` saves it), "hook_name": str,
+    "firing_frequency" / "mean_activation": {split: [d_sae]}, "l0" / "explained_variance": {split: float},
+    "id_specific" / "ood_stable": {ood split: bool [d_sae]}, "n_id_specific" / "n_ood_stable": {ood split: int},
+    "id_split": str}``. Thresholds as in ``classify_features``.
+    """
+    acts = {s: hook_activations(model, t, hook_name, positions, batch_size) for s, t in tokens.items()}
+    sae = train_sae(acts[id_split], d_sae, l1_coefficient, steps, batch_size, lr, seed)
+    stats = {s: feature_stats(sae, a) for s, a in acts.items()}
+    result: dict = {"sae": sae, "hook_name": hook_name, "id_split": id_split}
+    for key in ("firing_frequency", "mean_activation", "l0", "explained_variance"):
+        result[key] = {s: st[key] for s, st in stats.items()}
+    freq = result["firing_frequency"]
+    classes = {s: classify_features(freq[id_split], freq[s], active, specific_ratio, stable_ratio)
+               for s in tokens if s != id_split}
+    for key in ("id_specific", "ood_stable"):
+        result[key] = {s: c[key] for s, c in classes.items()}
+        result[f"n_{key}"] = {s: int(c[key].sum()) for s, c in classes.items()}
+    return result
+
+
+def plot_sae_features(result: dict, path) -> None:
+    """Per OOD split, a scatter of per-feature firing frequency on ID (x) vs OOD (y), coloured by class."""
+    id_split, freq = result["id_split"], result["firing_frequency"]
+    ood = [s for s in freq if s != id_split]
+    fig, axes = plt.subplots(1, len(ood), squeeze=False, layout="constrained",
+                             figsize=(4.0 * len(ood), 3.8))
+    for ax, split in zip(axes[0], ood):
+        specific, stable = result["id_specific"][split], result["ood_stable"][split]
+        other = ~(specific | stable)
+        for mask, label, colour in ((other, "other", "0.6"), (specific, "ID-specific", "tab:red"),
+                                    (stable, "OOD-stable", "tab:blue")):
+            ax.scatter(freq[id_split][mask], freq[split][mask], s=8, c=colour, label=f"{label} ({mask.sum()})")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.7)
+        ax.set_xlabel(f"firing frequency on {id_split}")
+        ax.set_ylabel(f"firing frequency on {split}")
+        ax.set_title(f"SAE features @ {result['hook_name']}", fontsize=9)
+        ax.legend(fontsize=7)
+    save_figure(fig, path)

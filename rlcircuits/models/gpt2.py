@@ -1,0 +1,59 @@
+"""A GPT-2 built from a config, sized by the YAML preset, with the task's tokenizer.
+
+transformers' ``GPT2LMHeadModel`` rather than a hand-written transformer, so checkpoints load with
+``AutoModelForCausalLM`` alone and convert to TransformerLens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from rlcircuits.models import MODELS
+from rlcircuits.registry import check
+from rlcircuits.tasks.base import Task
+
+
+@dataclass
+class GPT2ModelConfig:
+    name: str = "gpt2"
+    d_model: int = 3  # residual width
+    n_heads: int = 3  # attention heads per layer (d_model must divide evenly)
+    n_layers: int = 2
+    d_mlp: int = 2  # MLP hidden width
+    n_positions: int = 0  # context length; 0 = the task's longest sequence
+    activation: str = "gelu_new"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for key in ("d_model", "n_heads", "n_layers", "d_mlp"):
+            check(getattr(self, key) >= 1, key, "must be ≥ 1")
+        check(self.d_model % self.n_heads == 0, "n_heads",
+              f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        check(self.n_positions >= 0, "n_positions", "must be ≥ 0 (0 = sized to the task)")
+        check(0 <= self.dropout < 1, "dropout", f"{self.dropout} is not in [0, 1)")
+
+
+@MODELS.register("gpt2", schema=GPT2ModelConfig)
+def build_gpt2(cfg: GPT2ModelConfig, task: Task) -> GPT2LMHeadModel:
+    tok = task.tokenizer
+    n_positions = cfg.n_positions or task.max_length
+    check(n_positions >= task.max_length, "model.n_positions",
+          f"{n_positions} is shorter than the task's longest sequence ({task.max_length})")
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=n_positions,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.d_mlp,
+        activation_function=cfg.activation,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)

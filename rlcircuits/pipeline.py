@@ -1,0 +1,213 @@
+"""One run, top to bottom: validate everything, train the base, post-train the arms, analyse, report.
+
+    base    = trained by ``base.trainer`` (SFT), or loaded from ``base.checkpoint``  → checkpoints/base/
+    policy  = ``trainer`` applied to a copy of the base, reference = base          → checkpoints/policy/
+    control = optional second arm from the same base (``control``)                → checkpoints/control/
+    each analysis reads those checkpoints and adds its results                     → results.json, plots/
+Every config node is validated against its registered schema before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM
+
+from rlcircuits.analysis import ANALYSES
+from rlcircuits.io import read_json, save_checkpoint, write_json, write_text
+from rlcircuits.logging import LOGGERS
+from rlcircuits.models import MODELS
+from rlcircuits.registry import ConfigError, check, validate
+from rlcircuits.tasks import TASKS
+from rlcircuits.trainers import TRAINERS
+
+
+@dataclass
+class RunSettings:
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    alpha: float = 0.1
+    headline: str | None = None
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        check(self.alpha >= 0, "alpha", f"{self.alpha} must be ≥ 0 (it is the KL coefficient)")
+        check(self.device in ("cpu", "cuda", "auto"), "device", f"{self.device!r} is not one of cpu, cuda, auto")
+        check(self.threads >= 0, "threads", "must be ≥ 0 (0 = torch's default)")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be ≥ 1 or null")
+
+
+@dataclass
+class Spec:
+    """The validated, typed form of a composed config."""
+
+    run: RunSettings
+    task: Any
+    model: Any
+    base_trainer: Any | None
+    base_checkpoint: Path | None
+    arms: dict[str, Any]  # arm name → trainer config
+    analyses: dict[str, Any]  # analysis name → config
+    logger: Any
+
+
+def _capped(node: Any, max_steps: int | None) -> Any:
+    if max_steps is not None and isinstance(node, (dict, DictConfig)) and "steps" in node:
+        node = OmegaConf.merge(node, {"steps": min(node["steps"], max_steps)})
+    return node
+
+
+def build_spec(cfg: DictConfig) -> Spec:
+    """Validate every part of ``cfg``; raises :class:`ConfigError` naming the first bad key."""
+    top = {k: cfg.get(k) for k in ("seed", "device", "threads", "alpha", "headline", "max_steps")}
+    run = validate(RunSettings, top, "")
+    cap = run.max_steps
+
+    def trainer(node, key):
+        node = _capped(node, cap)
+        return TRAINERS.config(node, key)
+
+    base = cfg.get("base") or {}
+    arms = {"policy": trainer(cfg.trainer, "trainer")}
+    if cfg.get("control") is not None:
+        arms["control"] = trainer(cfg.control, "control")
+    analyses = {}
+    for name, node in (cfg.get("analysis") or {}).items():
+        check(node.get("name") == name, f"analysis.{name}", f"its name is {node.get('name')!r}, expected {name!r}")
+        analyses[name] = ANALYSES.config(_capped(node, cap), f"analysis.{name}")
+    checkpoint = base.get("checkpoint")
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint).expanduser()
+        check(checkpoint.is_dir(), "base.checkpoint", f"{checkpoint} is not a folder")
+    return Spec(
+        run=run,
+        task=TASKS.config(cfg.task, "task"),
+        model=MODELS.config(cfg.model, "model"),
+        base_trainer=trainer(base["trainer"], "base.trainer") if base.get("trainer") is not None else None,
+        base_checkpoint=checkpoint,
+        arms=arms,
+        analyses=analyses,
+        logger=LOGGERS.config(cfg.logger, "logger"),
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no GPU is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def output_dir() -> Path:
+    """The Hydra run folder (the working directory when called outside Hydra)."""
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path.cwd()
+
+
+def _job_info(out: Path) -> dict:
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return {"name": out.name}
+    multirun = hc.mode.name == "MULTIRUN"
+    return {
+        "name": hc.job.override_dirname or out.name,
+        "group": Path(hc.sweep.dir).name if multirun else None,
+        "job_type": "sweep" if multirun else "run",
+    }
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Run the pipeline described by ``cfg``; returns ``results[cfg.headline]`` when set."""
+    spec = build_spec(cfg)
+    if spec.run.threads:
+        torch.set_num_threads(spec.run.threads)
+    device = resolve_device(spec.run.device)
+    seed_everything(spec.run.seed)
+    out = output_dir()
+    task = TASKS.get(spec.task.name).fn(spec.task)
+    logger = LOGGERS.get(spec.logger.name).fn(spec.logger, out, OmegaConf.to_container(cfg, resolve=True), _job_info(out))
+    try:
+        checkpoints = train_models(spec, task, logger, out, device)
+        results: dict[str, Any] = {"checkpoints": {k: str(p.relative_to(out)) for k, p in checkpoints.items()}}
+        for name, acfg in spec.analyses.items():
+            found = ANALYSES.get(name).fn(acfg, task, checkpoints, out)
+            clash = set(found) & set(results)
+            if clash:
+                raise RuntimeError(f"analysis {name} returned keys already in results.json: {sorted(clash)}")
+            results |= found
+        write_json(out / "results.json", results)
+        write_text(out / "report.md", report(cfg, results, out))
+    finally:
+        logger.close()
+    return results.get(spec.run.headline) if spec.run.headline else None
+
+
+def train_models(spec: Spec, task, logger, out: Path, device: torch.device) -> dict[str, Path]:
+    """Make the base, then each arm from a copy of it; returns checkpoint folders by name."""
+    tok = task.tokenizer
+    if spec.base_checkpoint is not None:
+        base = AutoModelForCausalLM.from_pretrained(spec.base_checkpoint)
+    else:
+        base = MODELS.get(spec.model.name).fn(spec.model, task)
+    base.to(device)
+    if spec.base_trainer is not None:
+        TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, base, None, task, logger, "base", spec.run.seed)
+    checkpoints = {"base": save_checkpoint(base, tok, out / "checkpoints" / "base")}
+    base.eval().requires_grad_(False)
+    for arm, tcfg in spec.arms.items():
+        policy = copy.deepcopy(base).requires_grad_(True).train()
+        TRAINERS.get(tcfg.name).fn(tcfg, policy, base, task, logger, arm, spec.run.seed)
+        checkpoints[arm] = save_checkpoint(policy, tok, out / "checkpoints" / arm)
+    return checkpoints
+
+
+def report(cfg: DictConfig, results: dict, out: Path) -> str:
+    """``report.md``: the command's overrides, the scalar results and every plot."""
+    try:
+        overrides = " ".join(HydraConfig.get().overrides.task)
+    except ValueError:
+        overrides = ""
+    lines = ["# rlcircuits run", "", f"`python run.py {overrides}`".replace(" `", "`"), "", "## Results", ""]
+    lines += [f"- **{k}**: {v:.4g}" if isinstance(v, float) else f"- **{k}**: {v}"
+              for k, v in _flatten(results).items()]
+    plots = sorted((out / "plots").glob("*.png"))
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat |= _flatten(v, f"{prefix}{k}/")
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def load_results(run_dir: str | Path) -> dict:
+    """``results.json`` of a finished run, with checkpoint paths made absolute."""
+    run_dir = Path(run_dir)
+    results = read_json(run_dir / "results.json")
+    results["checkpoints"] = {k: str(run_dir / p) for k, p in results.get("checkpoints", {}).items()}
+    return results

@@ -1,0 +1,13 @@
+"""Trainers, by name: ``TRAINERS[name](cfg, policy, reference, task, logger, stage)`` → trained policy.
+
+One module per algorithm, each readable top to bottom; the shared maths is in ``rl_math``, sampling and
+token scoring in ``rollout``, the loop plumbing (optimiser, schedule, logging, evaluation) in ``common``,
+and ``trainer.backend=trl`` (sft, reinforce, grpo through TRL) in ``trl_backend``.
+``reference=None`` means the policy is a PEFT model whose reference is itself with the adapter disabled.
+"""
+
+from rlcircuits.registry import Registry
+
+TRAINERS = Registry("trainer")
+
+from rlcircuits.trainers import grpo, ppo, reinforce, sft  # noqa: E402,F401  (registers)

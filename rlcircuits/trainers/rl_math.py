@@ -1,0 +1,154 @@
+"""The RL maths every trainer shares, as pure functions with shapes in their docstrings.
+
+Conventions: ``logp`` is the log-probability of sampled tokens under the policy being trained,
+``logp_ref`` under the frozen reference; ``mask`` is 1 on completion tokens and 0 on padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(π‖π_ref) from samples of π; shape of the inputs, e.g. ``[B, T]``.
+
+    With ``d = logp_ref − logp``:
+    - ``k1 = −d``: unbiased, high variance, can be negative.
+    - ``k2 = d²/2``: biased, low variance, always ≥ 0.
+    - ``k3 = eᵈ − d − 1``: unbiased and always ≥ 0 (Schulman's estimator).
+    All three have the value of KL(π‖π_ref) in expectation (k2 only to second order), but their
+    *gradients* differ when placed in a loss: only k1-in-the-reward (a score-function term) optimises
+    E[r] − α·KL(π‖π_ref) exactly; the gradient of a k3 loss term is that of KL(π_ref‖π).
+    """
+    d = logp_ref - logp
+    if estimator == "k1":
+        return -d
+    if estimator == "k2":
+        return 0.5 * d**2
+    if estimator == "k3":
+        return torch.expm1(d) - d
+    raise ValueError(f"unknown KL estimator {estimator!r}; valid: k1, k2, k3")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over entries where ``mask`` is 1 (all dims, or along ``dim``)."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """Zero-mean, unit-variance copy of ``x`` (any shape), statistics over entries where ``mask`` is 1;
+    masked-out entries come back 0."""
+    if mask is None:
+        return (x - x.mean()) / (x.std(unbiased=False) + eps)
+    mean = masked_mean(x, mask)
+    std = masked_mean((x - mean) ** 2, mask).sqrt()
+    return (x - mean) / (std + eps) * mask
+
+
+def group_baseline(rewards: torch.Tensor, group_size: int, kind: str) -> torch.Tensor:
+    """Baseline for each of ``B = n_groups · group_size`` rewards, shape ``[B]``.
+
+    Rewards are laid out group by group (the samples of one prompt together).
+    - ``mean``: the group's mean. It includes the sample itself, so r − b = (K−1)/K·(r − b_rloo): the same
+      unbiased direction as rloo, scaled down.
+    - ``rloo``: the mean of the *other* samples in the group (leave-one-out: unbiased).
+    """
+    r = rewards.view(-1, group_size)  # [G, K]
+    if kind == "mean":
+        b = r.mean(1, keepdim=True).expand_as(r)
+    elif kind == "rloo":
+        if group_size < 2:
+            raise ValueError("the rloo baseline needs at least 2 samples per prompt")
+        b = (r.sum(1, keepdim=True) - r) / (group_size - 1)
+    else:
+        raise ValueError(f"unknown baseline {kind!r}; valid: mean, rloo")
+    return b.reshape(-1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-relative advantages ``(r − mean_group) / s``, shape ``[B]`` (rewards laid out by group).
+
+    ``s`` by ``scale``: ``group`` = the group's std (DeepSeekMath), ``batch`` = the whole batch's std,
+    ``none`` = 1 (Dr. GRPO: no per-prompt difficulty weighting). Std is the unbiased one, as in TRL.
+    """
+    r = rewards.view(-1, group_size)  # [G, K]
+    centred = r - r.mean(1, keepdim=True)
+    if scale == "group":
+        centred = centred / (r.std(1, keepdim=True) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.std() + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown reward scaling {scale!r}; valid: group, batch, none")
+    return centred.reshape(-1)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over completion tokens; returns ``(advantages, returns)``, ``[B, T]``.
+
+    ``rewards``, ``values`` and ``mask`` are ``[B, T]``; ``mask`` is 1 on a prefix of each row (the
+    completion, right-padded). The episode ends after the last masked token (the value beyond it is 0):
+    δ_t = r_t + γ·V_{t+1} − V_t,  A_t = δ_t + γλ·A_{t+1},  returns = A + V. Padding gets 0.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])  # [B]
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, averaged over masked tokens; returns ``(loss, stats)``.
+
+    ``logp``, ``logp_old``, ``mask`` are ``[B, T]``; ``advantages`` is ``[B, T]`` or ``[B, 1]`` (broadcast).
+    Loss = −mean min(ρ·A, clip(ρ, 1 ± clip)·A) with ρ = π/π_old. Stats (no grad): ``clip_frac`` (share of
+    tokens where the clipped term was the active one) and ``approx_kl`` (k3 estimate of KL(π_old‖π)).
+    """
+    log_ratio = logp - logp_old
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
+    loss = -masked_mean(torch.min(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": masked_mean((clipped < unclipped).float(), mask),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+        }
+    return loss, stats
+
+
+def clipped_value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip: float) -> torch.Tensor:
+    """½·mean max((V − R)², (V_old + clip(V − V_old, ±clip) − R)²) over masked tokens, all ``[B, T]``;
+    ``clip = 0`` gives the plain squared error."""
+    loss = (values - returns) ** 2
+    if clip > 0:
+        clipped = values_old + torch.clamp(values - values_old, -clip, clip)
+        loss = torch.max(loss, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − Var[target − predicted] / Var[target] over masked entries (all ``[B, T]``); 1 is perfect,
+    ≤ 0 no better than a constant."""
+    var_target = masked_mean((target - masked_mean(target, mask)) ** 2, mask)
+    residual = target - predicted
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return 1 - var_residual / var_target.clamp(min=1e-12)
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n: int) -> float:
+    """Ziegler et al.'s proportional controller: move ``coef`` so the observed ``kl`` approaches ``target``.
+
+    ``coef · (1 + clip(kl/target − 1, ±0.2) · n/horizon)``, after ``n`` more samples. It changes the
+    objective being optimised over time: the policy no longer converges to the optimum for a fixed α.
+    """
+    error = min(max(kl / target - 1, -0.2), 0.2)
+    return coef * (1 + error * n / horizon)

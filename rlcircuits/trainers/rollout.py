@@ -1,0 +1,128 @@
+"""Sampling completions from a policy and scoring their tokens: the part every RL trainer shares.
+
+Prompts are left-padded so that all completions start at the same column; positions are taken from the
+attention mask, so a left-padded row sees the same positions as the unpadded sequence did in SFT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlcircuits.models.hf import is_adapter
+from rlcircuits.tasks.base import Example
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled completions. B rows, P prompt columns, C completion columns."""
+
+    sequences: torch.Tensor  # [B, P + C] left-padded prompt, completion, pad after <eos>
+    attention_mask: torch.Tensor  # [B, P + C] 1 on real tokens
+    completion_mask: torch.Tensor  # [B, C] 1 on completion tokens up to and including <eos>
+    prompt_len: int  # P
+
+    def __getitem__(self, rows) -> Rollout:
+        """The rollout restricted to ``rows`` (an index tensor or slice), e.g. a PPO minibatch."""
+        return Rollout(self.sequences[rows], self.attention_mask[rows], self.completion_mask[rows], self.prompt_len)
+
+    @property
+    def completions(self) -> list[list[int]]:
+        """Completion ids per row, without padding."""
+        comp = self.sequences[:, self.prompt_len :]
+        return [row[m.bool()].tolist() for row, m in zip(comp, self.completion_mask)]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids [B, P]`` and ``mask [B, P]`` of left-padded prompts."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting real tokens only, ``[B, T]``."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greedy: bool = False) -> Rollout:
+    """Sample one completion per example (repeat examples for several per prompt)."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad([e.prompt for e in examples], tokenizer.pad_token_id)
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=not greedy,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.train(was_training)
+    P = ids.shape[1]
+    comp = out[:, P:]  # [B, C]
+    is_eos = comp == tokenizer.eos_token_id
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first <eos>
+    comp_mask = (~after_eos).long()
+    return Rollout(out, torch.cat([mask.to(device), comp_mask], 1), comp_mask, P)
+
+
+@dataclass
+class Scores:
+    """A model's view of a rollout's completion tokens; C completion columns, D hidden width."""
+
+    logp: torch.Tensor  # [B, C] log-probability of each sampled token (0 on padding)
+    entropy: torch.Tensor | None = None  # [B, C] entropy of the next-token distribution
+    hidden: torch.Tensor | None = None  # [B, C, D] final hidden state at the position that predicts each token
+
+
+def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False) -> Scores:
+    """Score ``rollout``'s completion tokens under ``model`` (with grad unless called under no_grad)."""
+    out = model(
+        rollout.sequences,
+        attention_mask=rollout.attention_mask,
+        position_ids=positions(rollout.attention_mask),
+        output_hidden_states=hidden,
+    )
+    P = rollout.prompt_len
+    logits = out.logits[:, P - 1 : -1].float()  # [B, C, V]: position t predicts completion token t
+    logp = F.log_softmax(logits, -1)
+    tok = logp.gather(-1, rollout.sequences[:, P:, None]).squeeze(-1) * rollout.completion_mask  # [B, C]
+    return Scores(
+        logp=tok,
+        entropy=-(logp.exp() * logp).sum(-1) if entropy else None,
+        hidden=out.hidden_states[-1][:, P - 1 : -1] if hidden else None,
+    )
+
+
+def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
+    """Log-probability of each completion token under ``model``, ``[B, C]`` (0 on padding)."""
+    return score(model, rollout).logp
+
+
+@torch.no_grad()
+def reference_logprobs(policy, reference, rollout: Rollout) -> torch.Tensor:
+    """``token_logprobs`` under the reference policy, ``[B, C]``.
+
+    The reference is ``reference`` when given; ``None`` means the policy is a PEFT (LoRA) model whose
+    reference is itself with the adapter disabled — no second copy of the weights in memory.
+    """
+    if reference is not None:
+        return token_logprobs(reference, rollout)
+    if not is_adapter(policy):
+        raise ValueError("reference=None needs a PEFT policy (the reference is the policy with its adapter disabled)")
+    was_training = policy.training
+    policy.eval()
+    with policy.disable_adapter():
+        logp = token_logprobs(policy, rollout)
+    policy.train(was_training)
+    return logp

@@ -1,0 +1,58 @@
+"""Supervised fine-tuning: next-token cross-entropy on the completion tokens only.
+
+The prompt is context, not a target (for the card game the loss is on the answer alone). Fresh examples
+are drawn from the task every step, so "epochs" do not exist here: ``steps × batch_size`` sequences.
+``backend=trl`` runs the same loss and data through ``trl.SFTTrainer``.
+
+    python run.py experiment=toy_kl base.trainer.steps=3000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from rlcircuits.tasks.base import Example, Task
+from rlcircuits.trainers import TRAINERS, trl_backend
+from rlcircuits.trainers.common import TrainerConfig, clip_and_step, log_step, optimizer_and_schedule, step_seed
+
+
+@dataclass
+class SFTConfig(TrainerConfig):
+    trl_trainer = "SFTTrainer"
+
+    name: str = "sft"
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 off the completion), ``[B, T]``."""
+    width = max(len(e.prompt) + len(e.completion) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    for i, e in enumerate(examples):
+        seq = e.prompt + e.completion
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(e.prompt) : len(seq)] = torch.tensor(e.completion)
+    return {"input_ids": ids, "attention_mask": (labels != -100) | (ids != pad_id), "labels": labels}
+
+
+@TRAINERS.register("sft", schema=SFTConfig)
+def train(cfg: SFTConfig, policy, reference, task: Task, logger, stage: str, seed: int = 0):
+    """Train ``policy`` in place on the task's train split and return it (``reference`` is unused)."""
+    if cfg.backend == "trl":
+        return trl_backend.train(cfg, policy, None, task, logger, stage, seed)
+    device = next(policy.parameters()).device
+    opt, sched = optimizer_and_schedule(policy.parameters(), cfg)
+    policy.train()
+    bar = tqdm(range(cfg.steps), desc=f"{stage} sft", leave=False)
+    for step in bar:
+        batch = collate(task.examples("train", cfg.batch_size, step_seed(seed, stage, step)),
+                        task.tokenizer.pad_token_id)
+        loss = policy(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss.backward()
+        grad_norm = clip_and_step(policy, opt, sched, cfg)
+        log_step(logger, bar, {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": sched.get_last_lr()[0]},
+                 step, stage, cfg, policy, task, seed)
+    return policy

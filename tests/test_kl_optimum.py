@@ -1,0 +1,106 @@
+"""The exact optimum π* ∝ π_base·exp(r/α), checked against brute force and against closed forms."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from rlcircuits.analysis.kl_optimum import closed_form, exact_optimum, total_variation
+from rlcircuits.tasks.bit_rewards import ADDITIVE
+from rlcircuits.tasks.toy_abc import MALFORMED, ToyABC
+
+def random_model(task: ToyABC, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(task.tokenizer), n_positions=task.max_length, n_embd=8, n_layer=1, n_head=2,
+                     initializer_range=0.5)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@torch.no_grad()
+def brute_force_marginals(model, task: ToyABC, alpha: float) -> dict[str, float]:
+    """Every sequence over the whole vocabulary, its probability as a product of one-step conditionals."""
+    bos = task.tokenizer.bos_token_id
+    weights: dict[str, float] = {b: 0.0 for b in [*task.branches, MALFORMED]}
+    for seq in itertools.product(range(len(task.tokenizer)), repeat=task.max_new_tokens):
+        logp = 0.0
+        for t, token in enumerate(seq):
+            prefix = torch.tensor([[bos, *seq[:t]]])
+            logp += torch.log_softmax(model(prefix).logits[0, -1].double(), -1)[token].item()
+        branch, _ = task.parse(list(seq))
+        (reward,) = task.rewards([], [list(seq)])
+        weights[branch] += math.exp(logp + reward / alpha)
+    z = sum(weights.values())
+    return {k: w / z for k, w in weights.items()}
+
+
+@pytest.mark.parametrize("reward,alpha", [("ones", 1.0), ("palindrome", 0.5)])
+def test_enumeration_matches_brute_force(reward, alpha, make_toy):
+    task = make_toy(n_bits=2, reward=reward, invalid_reward=0.5)
+    model = random_model(task)
+    enumerated, outside, _ = exact_optimum(model, task, alpha, batch_size=5)  # several batches
+    brute = brute_force_marginals(model, task, alpha)
+    assert outside > 0.1  # a random model puts real mass on malformed sequences: that path is exercised
+    for k in brute:
+        assert enumerated[k] == pytest.approx(brute[k], abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_closed_form_matches_the_study_formula(alpha, make_toy):
+    # e^{4/α} : e^{2/α} : ((1 + e^{1/α})/2)^6 for the default branches, n_bits 6, reward ones
+    w = [math.exp(4 / alpha), math.exp(2 / alpha), ((1 + math.exp(1 / alpha)) / 2) ** 6]
+    expected = dict(zip("ABC", [x / sum(w) for x in w]))
+    got = closed_form(make_toy(), alpha)
+    assert got[MALFORMED] == 0
+    for b in "ABC":
+        assert got[b] == pytest.approx(expected[b], rel=1e-9)
+
+
+def test_closed_form_headline_numbers_at_alpha_1(make_toy):
+    got = closed_form(make_toy(), 1.0)
+    assert [round(got[b], 2) for b in "ABC"] == [0.53, 0.07, 0.40]
+
+
+@pytest.mark.parametrize("reward", sorted(ADDITIVE))
+def test_closed_form_product_formula_for_additive_rewards(reward, make_toy):
+    """For additive rewards and a biased coin, E[e^{r/α}] factorises over positions."""
+    branches = {"X": {"prob": 0.2, "pattern": "10"}, "Y": {"prob": 0.8, "pattern": "random", "p_one": 0.3}}
+    task = make_toy(branches=branches, n_bits=7, reward=reward)
+    alpha, r = 0.7, ADDITIVE[reward]
+    w_x = 0.2 * math.exp(sum(r[b] for b in "1010101") / alpha)
+    w_y = 0.8 * (0.7 * math.exp(r["0"] / alpha) + 0.3 * math.exp(r["1"] / alpha)) ** 7
+    got = closed_form(task, alpha)
+    assert got["X"] == pytest.approx(w_x / (w_x + w_y), rel=1e-9)
+
+
+def test_exact_optimum_of_a_perfect_base_is_the_closed_form(make_toy):
+    """Feed the enumerator the data's own log-probabilities: both routes must agree to rounding."""
+    from rlcircuits.analysis.kl_optimum import tilted_branch_marginals
+
+    task = make_toy(reward="same", n_bits=5)
+    ids, branches, rewards = task.well_formed()
+    logp = []
+    for row, b in zip(ids.tolist(), branches):
+        _, bits = task.parse(row[1:])
+        p = task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
+        logp.append(math.log(p) if p > 0 else -math.inf)
+    for alpha in (0.3, 1.0, 3.0):
+        got = tilted_branch_marginals(torch.tensor(logp, dtype=torch.double), torch.tensor(rewards), branches, task.branches, alpha)
+        assert total_variation(got, closed_form(task, alpha)) < 1e-9
+
+
+def test_excess_loss_is_zero_only_for_the_data_distribution(make_toy):
+    """Excess loss is KL(data‖model) ≥ 0; check it against a direct sum for a random model."""
+    task = make_toy(n_bits=3)
+    model = random_model(task)
+    _, _, excess = exact_optimum(model, task, 1.0)
+    ids, branches, _ = task.well_formed()
+    with torch.no_grad():
+        direct = 0.0
+        for row, b, bits in zip(ids, branches, task.well_formed_bits()):
+            p = task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
+            if p > 0:
+                logq = torch.log_softmax(model(row[None]).logits[0, :-1].double(), -1).gather(-1, row[1:, None]).sum()
+                direct += p * (math.log(p) - logq.item())
+    assert excess == pytest.approx(direct, rel=1e-5) and excess > 0.5

@@ -1,0 +1,30 @@
+"""Issue 2's acceptance check, scaled down to one α for CI (benchmarks/toy_kl_acceptance.py runs the
+full grid): the RL policy reaches the exact KL-regularised optimum, and stays there when its checkpoint is
+re-sampled independently."""
+
+from transformers import AutoModelForCausalLM
+
+from rlcircuits.analysis.kl_optimum import sampled_shares, total_variation
+from rlcircuits.pipeline import load_results, run
+from rlcircuits.registry import validate
+from rlcircuits.tasks.toy_abc import ToyABC, ToyABCConfig
+
+BOUND = 0.03
+
+
+def test_default_toy_kl_reaches_the_exact_optimum(tmp_path, monkeypatch, compose_cfg):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("experiment=toy_kl", "alpha=1.0", "seed=3")
+    run(cfg)
+    results = load_results(tmp_path)
+    assert results["tv_base_data"] <= BOUND
+    assert results["tv_optimal_closed_form"] <= BOUND  # the trained base is near-perfect
+    assert results["tv_policy_optimal"] <= BOUND
+
+    task = ToyABC(validate(ToyABCConfig, cfg.task, "task"))
+    policy = AutoModelForCausalLM.from_pretrained(results["checkpoints"]["policy"]).eval()
+    resampled = sampled_shares(policy, task, 16384, seed=12345)
+    optimal = results["distribution"]["optimal"] | {"malformed": results["malformed"]["optimal"]}
+    assert total_variation(resampled, optimal) <= BOUND
+    # and the optimum is not trivially the base: RL had to move mass
+    assert total_variation(results["distribution"]["base"], results["distribution"]["optimal"]) > 0.1
