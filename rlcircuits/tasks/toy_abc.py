@@ -12,9 +12,9 @@ enumerate, which is what makes the exact KL-regularised optimum computable.
 from __future__ import annotations
 
 import itertools
-import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from rlcircuits.models.tokenizer import SPECIAL, build_word_tokenizer
@@ -71,6 +71,8 @@ class ToyABC(Task):
         self.reward_fn = REWARDS.get(cfg.reward).fn
         self._id = self.tokenizer.convert_tokens_to_ids
         self._bos = self.tokenizer.bos_token_id
+        ids, _, rewards = self.well_formed()
+        self._reward_of = dict(zip(map(tuple, ids[:, 1:].tolist()), rewards))  # completion ids → reward
 
     # ---- data -------------------------------------------------------------------------------------
     def bits_distribution(self, branch: str) -> dict[str, float]:
@@ -88,17 +90,22 @@ class ToyABC(Task):
         return [self._id(branch), *(self._id(c) for c in bits)]
 
     def examples(self, split: str, n: int, seed: int) -> list[Example]:
-        rng = random.Random(seed)
-        names, probs = self.branches, [self.cfg.branches[b].prob for b in self.branches]
-        out = []
-        for branch in rng.choices(names, probs, k=n):
-            b = self.cfg.branches[branch]
+        """``n`` sequences from the data distribution (vectorised: SFT draws a fresh batch every step)."""
+        rng = np.random.default_rng(seed)
+        probs = np.array([self.cfg.branches[b].prob for b in self.branches])
+        which = rng.choice(len(self.branches), size=n, p=probs / probs.sum())  # [n]
+        coins = rng.random((n, self.cfg.n_bits))  # [n, n_bits]
+        zero, one = self._id("0"), self._id("1")
+        rows = np.empty((n, 1 + self.cfg.n_bits), dtype=np.int64)
+        rows[:, 0] = [self._id(self.branches[i]) for i in which]
+        for i, name in enumerate(self.branches):
+            b, mask = self.cfg.branches[name], which == i
             if b.pattern == "random":
-                bits = "".join("1" if rng.random() < b.p_one else "0" for _ in range(self.cfg.n_bits))
+                bits = coins[mask] < b.p_one
             else:
-                bits = (b.pattern * self.cfg.n_bits)[: self.cfg.n_bits]
-            out.append(Example([self._bos], self.encode(branch, bits), {"branch": branch}))
-        return out
+                bits = np.array([c == "1" for c in (b.pattern * self.cfg.n_bits)[: self.cfg.n_bits]])
+            rows[mask, 1:] = np.where(bits, one, zero)
+        return [Example([self._bos], row, {"branch": self.branches[i]}) for row, i in zip(rows.tolist(), which)]
 
     def well_formed_bits(self) -> list[str]:
         """The bit strings of the well-formed sequences, in the order of ``well_formed``."""
@@ -127,8 +134,5 @@ class ToyABC(Task):
         return toks[0], bits
 
     def rewards(self, examples: list[Example], completions: list[list[int]]) -> list[float]:
-        out = []
-        for c in completions:
-            _, bits = self.parse(c)
-            out.append(self.cfg.invalid_reward if bits is None else self.reward_fn(bits))
-        return out
+        """Reward of each completion: a table look-up, since the well-formed space is enumerated anyway."""
+        return [self._reward_of.get(tuple(c), self.cfg.invalid_reward) for c in completions]
