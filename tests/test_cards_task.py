@@ -165,7 +165,7 @@ def test_probe_labels(task, data):
 
 @pytest.mark.parametrize("override, key", [
     ({"ood_colours": ["RED"]}, "task.ood_colours"),
-    ({"ood_families": ["sum_colour"]}, "task.ood_families"),
+    ({"ood_families": ["count_colour"]}, "task.ood_families"),
     ({"families": ["sum_colour", "count_threshold"], "ood_families": ["diff_parity"]}, "task.ood_families"),
     ({"families": ["sum_colour", "nonsense"]}, "task.families"),
     ({"thresholds": [3, 9]}, "task.thresholds"),
@@ -179,3 +179,7 @@ def test_probe_labels(task, data):
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=rf"^{key}:"):
         validate(CardsConfig, override, "task")
+
+
+def test_max_length_covers_every_split(task, data):
+    assert max(len(e.prompt) + len(e.completion) for exs in data.values() for e in exs) <= task.max_length

@@ -1,6 +1,7 @@
 """The cards game as a Task: token-id examples per split, ID/OOD twins for patching, reward, probe labels.
 
-    Rule: add the RED cards and subtract the BLUE cards Cards: RED 3 BLUE 5 GREEN 2 RED 4 Answer: 2
+    Rule: add the odd cards and subtract the even cards Cards: RED 3 BLUE 5 GREEN 2 RED 4 Answer: 2
+    Rule: count the RED cards Cards: RED 3 BLUE 5 GREEN 2 RED 4 Answer: 2
 
 The model answers with one number word then ``<eos>``. The study compares SFT and RL on the ID test split
 against four OOD splits, each holding out one factor (see ``splits``).
@@ -19,8 +20,7 @@ from rlcircuits.tasks.cards.config import CardsConfig
 from rlcircuits.tasks.cards.formatting import prompt_words, vocabulary
 from rlcircuits.tasks.cards.generate import Instance, labels, sample_hand
 from rlcircuits.tasks.cards.rules import Rule, Selector, rules_of
-from rlcircuits.tasks.cards.splits import (ID_SPLITS, OOD_SPLITS, bucket, composition_partners, recompose,
-                                           rule_length)
+from rlcircuits.tasks.cards.splits import ID_SPLITS, OOD_SPLITS, bucket, composition_partners, recompose, rule_length
 
 
 @TASKS.register("cards", schema=CardsConfig)
