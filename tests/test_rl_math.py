@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from rlcircuits.trainers.rl_math import (
-    adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, explained_variance, gae, group_advantages,
-    group_baseline, kl_estimate, masked_mean, whiten,
+    adaptive_kl_coef,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    group_advantages,
+    group_baseline,
+    kl_estimate,
+    masked_mean,
+    whiten,
 )
 
 
@@ -76,6 +84,8 @@ def surrogate_gradients(q: torch.Tensor, estimator: str, placement: str) -> torc
     k = kl_estimate(logp, q.log(), estimator)
     if placement == "reward":  # a score-function term: penalty held fixed, times ∇log π
         surrogate = (weight * k.detach() * logp).sum()
+    elif placement == "loss×ratio":  # TRL's use_bias_correction_kl: k times π/π_old (value 1, gradient not 0)
+        surrogate = (weight * torch.exp(logp - logp.detach()) * k).sum()
     else:  # in the loss: differentiated directly
         surrogate = (weight * k).sum()
     (grad,) = torch.autograd.grad(surrogate, theta)
@@ -97,6 +107,8 @@ def test_which_kl_each_placement_optimises(categoricals):
     assert torch.allclose(g, kl_gradient(theta, q, reverse=True), atol=1e-6)  # KL(π_ref‖π): GRPO's
     theta, g = surrogate_gradients(q, "k2", "loss")
     assert torch.allclose(g, kl_gradient(theta, q, reverse=False), atol=1e-6)  # KL(π‖π_ref) for one token
+    theta, g = surrogate_gradients(q, "k3", "loss×ratio")
+    assert torch.allclose(g, kl_gradient(theta, q, reverse=False), atol=1e-6)  # TRL 1.16's GRPO default
     _, g = surrogate_gradients(q, "k1", "loss")
     assert torch.allclose(g, torch.zeros_like(g), atol=1e-6)  # no regularisation at all
     theta, g = surrogate_gradients(q, "k3", "reward")

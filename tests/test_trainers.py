@@ -79,6 +79,20 @@ CASES = {
 }
 
 
+def test_sample_draws_what_generate_draws(task, tiny):
+    """The decoding loop in ``rollout.sample`` against ``generate``: same seed, same sequences, including
+    the padding after an early <eos> (a random model emits it often)."""
+    tok, n = task.tokenizer, 256
+    torch.manual_seed(5)
+    rollout = sample(tiny, task.examples("train", n, 0), tok, task.max_new_tokens)
+    ids = torch.full((n, 1), tok.bos_token_id)
+    torch.manual_seed(5)
+    out = tiny.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                        max_new_tokens=task.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert torch.equal(rollout.sequences, out)
+    assert (rollout.sequences == tok.eos_token_id).any()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_trainer_learns_and_changes_every_parameter(case, task, tiny):
     name = case.split("-")[0]
@@ -111,7 +125,7 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
     for n, p in policy.named_parameters():
         assert torch.equal(p, before[n]) != ("lora_" in n), f"{case}: {n} changed={not torch.equal(p, before[n])}"
     ids = torch.tensor([[task.tokenizer.bos_token_id, task.one, task.one]])
-    with torch.no_grad(), policy.disable_adapter():  # the reference: the untouched base, no copy needed
+    with torch.no_grad(), policy.eval().disable_adapter():  # the reference: the untouched base, no copy needed
         assert torch.equal(policy(ids).logits, tiny(ids).logits)
 
 

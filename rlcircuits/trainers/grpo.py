@@ -19,7 +19,8 @@ Where the KL goes decides what is optimised — the reason ``kl.estimator`` and 
 - ``placement=loss``, k2: gradient of Σ_t KL(π‖π_ref) at each prefix, ignoring how a token changes the
   KL of the tokens after it (exact only for one-token completions). ``loss``, k1: zero gradient in
   expectation — no regularisation at all.
-``backend=trl`` runs ``trl.GRPOTrainer``, which implements k3 in the loss only.
+``backend=trl`` runs ``trl.GRPOTrainer``, which implements k3 in the loss only (its default importance-ratio
+factor on the KL, which changes that gradient to the per-token one of KL(π‖π_ref), is switched off).
 
     python run.py experiment=toy_kl trainer=grpo alpha=0.5
     python run.py experiment=toy_kl trainer=grpo trainer.kl.placement=reward trainer.kl.estimator=k1

@@ -25,7 +25,13 @@ from rlcircuits.tasks.base import Task
 from rlcircuits.trainers import TRAINERS
 from rlcircuits.trainers.common import TrainerConfig, clip_and_step, collect, log_step, optimizer_and_schedule
 from rlcircuits.trainers.rl_math import (
-    adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, whiten,
+    adaptive_kl_coef,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    masked_mean,
+    whiten,
 )
 from rlcircuits.trainers.rollout import reference_logprobs, score
 

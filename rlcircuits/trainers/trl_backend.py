@@ -13,7 +13,11 @@ needs that the native loops do not:
   is a per-token mean; times the mean completion length it is our per-sequence ``train/kl`` (k1 from
   RLOO, TRL's k3 estimate from GRPO).
 α maps to ``beta`` in both: RLOO subtracts β·Σ_t k1 from the reward (as our ``reinforce``), GRPO adds β·k3
-per token to the loss (our ``grpo`` defaults). The data order is ours (one batch per step, no shuffling).
+per token to the loss (our ``grpo`` defaults). TRL 1.16's GRPO multiplies that k3 by the importance ratio
+by default (``use_bias_correction_kl``), which turns its gradient into the per-token one of KL(π‖π_ref) —
+what our ``kl.estimator=k2`` in the loss does — and moved toy_kl's policy far from both (TV 0.31 to the
+optimum at α = 0.5, against 0.18 without): we switch it off, so both backends run the same recipe.
+The data order is ours (one batch per step, no shuffling).
 """
 
 from __future__ import annotations
@@ -50,21 +54,22 @@ def train(cfg: TrainerConfig, policy, reference, task: Task, logger, stage: str,
     updates = getattr(cfg, "num_iterations", 1)  # GRPO: TRL counts an optimiser step per iteration
     examples = [e for step in range(cfg.steps) for e in task.examples("train", cfg.batch_size, step_seed(seed, stage, step))]
     with tempfile.TemporaryDirectory(prefix="rlcircuits-trl-") as tmp, reference_folder(policy, reference, tmp):
-        common = dict(
-            output_dir=tmp, max_steps=cfg.steps * updates, logging_steps=1, save_strategy="no", report_to="none",
-            disable_tqdm=True, use_cpu=next(policy.parameters()).device.type == "cpu", bf16=False, seed=seed,
-            activation_checkpointing=False, max_grad_norm=cfg.grad_clip, shuffle_dataset=False,
-        )
+        common = {
+            "output_dir": tmp, "max_steps": cfg.steps * updates, "logging_steps": 1, "save_strategy": "no",
+            "report_to": "none", "disable_tqdm": True, "use_cpu": next(policy.parameters()).device.type == "cpu",
+            "bf16": False, "seed": seed, "activation_checkpointing": False, "max_grad_norm": cfg.grad_clip,
+            "shuffle_dataset": False,
+        }
         if cfg.name == "sft":
             args = trl.SFTConfig(**common, per_device_train_batch_size=cfg.batch_size, completion_only_loss=True,
                                  train_sampling_strategy="sequential")
             kwargs = {"train_dataset": token_dataset(examples)}
         else:
-            rl = dict(per_device_train_batch_size=cfg.batch_size * cfg.num_generations, num_generations=cfg.num_generations,
-                      max_completion_length=task.max_new_tokens, beta=cfg.alpha, temperature=1.0, top_k=0)
+            rl = {"per_device_train_batch_size": cfg.batch_size * cfg.num_generations, "num_generations": cfg.num_generations,
+                  "max_completion_length": task.max_new_tokens, "beta": cfg.alpha, "temperature": 1.0, "top_k": 0}
             if cfg.name == "grpo":
                 args = trl.GRPOConfig(**common, **rl, num_iterations=cfg.num_iterations, epsilon=cfg.clip,
-                                      scale_rewards=cfg.scale_rewards, loss_type="dapo")
+                                      scale_rewards=cfg.scale_rewards, loss_type="dapo", use_bias_correction_kl=False)
             else:
                 args = trl.RLOOConfig(**common, **rl)
             kwargs = {"train_dataset": prompt_dataset(examples, task.tokenizer), "reward_funcs": task_reward(task, examples)}
