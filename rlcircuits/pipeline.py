@@ -25,6 +25,7 @@ from rlcircuits.analysis import ANALYSES
 from rlcircuits.io import read_json, save_checkpoint, write_json, write_text
 from rlcircuits.logging import LOGGERS
 from rlcircuits.models import MODELS
+from rlcircuits.models.hf import add_lora, is_adapter
 from rlcircuits.registry import ConfigError, check, validate
 from rlcircuits.tasks import TASKS
 from rlcircuits.trainers import TRAINERS
@@ -84,6 +85,11 @@ def build_spec(cfg: DictConfig) -> Spec:
     for name, node in (cfg.get("analysis") or {}).items():
         check(node.get("name") == name, f"analysis.{name}", f"its name is {node.get('name')!r}, expected {name!r}")
         analyses[name] = ANALYSES.config(_capped(node, cap), f"analysis.{name}")
+    model = MODELS.config(cfg.model, "model")
+    if getattr(getattr(model, "lora", None), "r", 0) > 0:  # the reference is the loaded model, adapter disabled
+        check(base.get("trainer") is None, "base.trainer", "with a LoRA adapter the base is the loaded model: "
+              "set base.trainer=null")
+        check("control" not in arms, "control", "a LoRA run post-trains one arm (the adapter wraps the base in place)")
     checkpoint = base.get("checkpoint")
     if checkpoint is not None:
         checkpoint = Path(checkpoint).expanduser()
@@ -91,7 +97,7 @@ def build_spec(cfg: DictConfig) -> Spec:
     return Spec(
         run=run,
         task=TASKS.config(cfg.task, "task"),
-        model=MODELS.config(cfg.model, "model"),
+        model=model,
         base_trainer=trainer(base["trainer"], "base.trainer") if base.get("trainer") is not None else None,
         base_checkpoint=checkpoint,
         arms=arms,
@@ -173,9 +179,15 @@ def train_models(spec: Spec, task, logger, out: Path, device: torch.device) -> d
         TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, base, None, task, logger, "base", spec.run.seed)
     checkpoints = {"base": save_checkpoint(base, tok, out / "checkpoints" / "base")}
     base.eval().requires_grad_(False)
+    lora = getattr(spec.model, "lora", None)
     for arm, tcfg in spec.arms.items():
-        policy = copy.deepcopy(base).requires_grad_(True).train()
-        TRAINERS.get(tcfg.name).fn(tcfg, policy, base, task, logger, arm, spec.run.seed)
+        if lora is not None and lora.r > 0:  # reference = the same weights with the adapter disabled
+            policy, reference = add_lora(base, lora).train(), None
+        else:
+            policy, reference = copy.deepcopy(base).requires_grad_(True).train(), base
+        TRAINERS.get(tcfg.name).fn(tcfg, policy, reference, task, logger, arm, spec.run.seed)
+        if is_adapter(policy) and getattr(spec.model, "quantization", "none") == "none":
+            policy = policy.merge_and_unload()  # a full checkpoint; a quantised base keeps the adapter folder
         checkpoints[arm] = save_checkpoint(policy, tok, out / "checkpoints" / arm)
     return checkpoints
 

@@ -73,3 +73,20 @@ def test_wandb_logger(tmp_path, monkeypatch, compose_cfg, mode):
         assert b"policy/train/reward" in data and b"base/train/loss" in data  # the metrics
     else:
         assert not offline_runs
+
+
+def test_lora_post_training_of_a_loaded_model(tmp_path, monkeypatch, compose_cfg):
+    """model=hf loads a folder, LoRA post-trains it against itself with the adapter disabled."""
+    base_dir = tmp_path / "first"
+    base_dir.mkdir()
+    # a base good enough to emit well-formed sequences, so rewards (and gradients) are not all equal
+    _, first = run_in(base_dir, monkeypatch, compose_cfg, "experiment=toy_kl", "base.trainer.steps=300", "trainer.steps=1")
+    second = tmp_path / "second"
+    second.mkdir()
+    _, results = run_in(second, monkeypatch, compose_cfg, "experiment=toy_kl", "debug=smoke", "model=hf",
+                        f"model.path={first['checkpoints']['base']}", "model.lora.r=2", "base.trainer=null")
+    policy = AutoModelForCausalLM.from_pretrained(results["checkpoints"]["policy"])
+    base = AutoModelForCausalLM.from_pretrained(results["checkpoints"]["base"])
+    changed = [n for (n, p), (_, q) in zip(policy.named_parameters(), base.named_parameters()) if not p.equal(q)]
+    assert changed and not any("lora" in n for n in changed)  # merged into a plain checkpoint
+    assert 0 <= results["tv_policy_optimal"] <= 1
