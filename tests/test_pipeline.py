@@ -90,3 +90,14 @@ def test_lora_post_training_of_a_loaded_model(tmp_path, monkeypatch, compose_cfg
     changed = [n for (n, p), (_, q) in zip(policy.named_parameters(), base.named_parameters()) if not p.equal(q)]
     assert changed and not any("lora" in n for n in changed)  # merged into a plain checkpoint
     assert 0 <= results["tv_policy_optimal"] <= 1
+
+
+def test_cards_accuracy_table(tmp_path, monkeypatch, compose_cfg):
+    """init, RL and SFT arms from one init, each scored on every evaluation split."""
+    _, results = run_in(tmp_path, monkeypatch, compose_cfg, "experiment=cards_sft_vs_rl", "debug=smoke",
+                        "analysis.accuracy.n_examples=32")
+    table = results["accuracy"]
+    assert set(table) == {"init", "rl", "sft"} and set(results["checkpoints"]) == {"base", "policy", "control"}
+    splits = {"val", "test", "ood_colour", "ood_composition", "ood_paraphrase", "ood_threshold"}
+    assert all(set(accs) == splits and all(0 <= a <= 1 for a in accs.values()) for accs in table.values())
+    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0

@@ -8,4 +8,4 @@ from rlcircuits.registry import Registry
 
 ANALYSES = Registry("analysis")
 
-from rlcircuits.analysis import kl_optimum  # noqa: E402,F401  (registers)
+from rlcircuits.analysis import accuracy, kl_optimum  # noqa: E402,F401  (registers)

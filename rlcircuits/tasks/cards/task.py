@@ -27,6 +27,7 @@ from rlcircuits.tasks.cards.splits import ID_SPLITS, OOD_SPLITS, bucket, composi
 class Cards(Task):
     splits = (*ID_SPLITS, *OOD_SPLITS)
     max_new_tokens = 2  # answer, <eos>
+    has_answer = True
 
     def __init__(self, cfg: CardsConfig):
         self.cfg = cfg
