@@ -28,8 +28,17 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def _plain(obj: Any) -> Any:
+    """The JSON form of what analyses return besides plain Python: numpy and torch arrays and scalars, sets."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, default=_plain) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

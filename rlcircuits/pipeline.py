@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
 from transformers import AutoModelForCausalLM
 
 from rlcircuits.analysis import ANALYSES
@@ -39,12 +40,14 @@ class RunSettings:
     alpha: float = 0.1
     headline: str | None = None
     max_steps: int | None = None
+    max_examples: int | None = None
 
     def __post_init__(self):
         check(self.alpha >= 0, "alpha", f"{self.alpha} must be ≥ 0 (it is the KL coefficient)")
         check(self.device in ("cpu", "cuda", "auto"), "device", f"{self.device!r} is not one of cpu, cuda, auto")
         check(self.threads >= 0, "threads", "must be ≥ 0 (0 = torch's default)")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be ≥ 1 or null")
+        check(self.max_examples is None or self.max_examples >= 8, "max_examples", "must be ≥ 8 or null")
 
 
 @dataclass
@@ -61,20 +64,21 @@ class Spec:
     logger: Any
 
 
-def _capped(node: Any, max_steps: int | None) -> Any:
-    if max_steps is not None and isinstance(node, (dict, DictConfig)) and "steps" in node:
-        node = OmegaConf.merge(node, {"steps": min(node["steps"], max_steps)})
+def _capped(node: Any, run: RunSettings) -> Any:
+    """``node`` with its ``steps`` and ``n_examples`` capped by ``max_steps`` and ``max_examples``."""
+    for key, cap in (("steps", run.max_steps), ("n_examples", run.max_examples)):
+        if cap is not None and isinstance(node, (dict, DictConfig)) and key in node:
+            node = OmegaConf.merge(node, {key: min(node[key], cap)})
     return node
 
 
 def build_spec(cfg: DictConfig) -> Spec:
     """Validate every part of ``cfg``; raises :class:`ConfigError` naming the first bad key."""
-    top = {k: cfg.get(k) for k in ("seed", "device", "threads", "alpha", "headline", "max_steps")}
+    top = {k: cfg.get(k) for k in ("seed", "device", "threads", "alpha", "headline", "max_steps", "max_examples")}
     run = validate(RunSettings, top, "")
-    cap = run.max_steps
 
     def trainer(node, key):
-        node = _capped(node, cap)
+        node = _capped(node, run)
         return TRAINERS.config(node, key)
 
     base = cfg.get("base") or {}
@@ -84,7 +88,7 @@ def build_spec(cfg: DictConfig) -> Spec:
     analyses = {}
     for name, node in (cfg.get("analysis") or {}).items():
         check(node.get("name") == name, f"analysis.{name}", f"its name is {node.get('name')!r}, expected {name!r}")
-        analyses[name] = ANALYSES.config(_capped(node, cap), f"analysis.{name}")
+        analyses[name] = ANALYSES.config(_capped(node, run), f"analysis.{name}")
     model = MODELS.config(cfg.model, "model")
     if getattr(getattr(model, "lora", None), "r", 0) > 0:  # the reference is the loaded model, adapter disabled
         check(base.get("trainer") is None, "base.trainer", "with a LoRA adapter the base is the loaded model: "
@@ -94,9 +98,16 @@ def build_spec(cfg: DictConfig) -> Spec:
     if checkpoint is not None:
         checkpoint = Path(checkpoint).expanduser()
         check(checkpoint.is_dir(), "base.checkpoint", f"{checkpoint} is not a folder")
+    task = TASKS.config(cfg.task, "task")
+    for name, acfg in analyses.items():
+        if hasattr(acfg, "check_task"):
+            try:
+                acfg.check_task(TASKS.get(task.name).fn)
+            except ConfigError as e:
+                raise ConfigError(f"analysis.{name}.{e}") from None
     return Spec(
         run=run,
-        task=TASKS.config(cfg.task, "task"),
+        task=task,
         model=model,
         base_trainer=trainer(base["trainer"], "base.trainer") if base.get("trainer") is not None else None,
         base_checkpoint=checkpoint,
@@ -146,6 +157,7 @@ def run(cfg: DictConfig) -> float | None:
     spec = build_spec(cfg)
     if spec.run.threads:
         torch.set_num_threads(spec.run.threads)
+        threadpool_limits(spec.run.threads)  # numpy/scikit-learn's BLAS too
     device = resolve_device(spec.run.device)
     seed_everything(spec.run.seed)
     out = output_dir()

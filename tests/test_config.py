@@ -26,6 +26,7 @@ def test_every_experiment_validates(compose_cfg, experiment, debug):
 
 
 NEEDS = {"model=hf": "model.path"}  # options that cannot validate without a further value, and its key
+WITH = {"task=cards": ["analysis=[accuracy]"]}  # the default analysis (kl_optimum) is for toy_abc only
 
 
 @pytest.mark.parametrize("override", [f"{g}={o}" for g in ("task", "model", "trainer", "logger") for o in options(g)])
@@ -34,7 +35,14 @@ def test_every_group_option_validates(compose_cfg, override):
         with pytest.raises(ConfigError, match=f"^{NEEDS[override]}: "):
             build_spec(compose_cfg(override))
     else:
-        build_spec(compose_cfg(override))
+        build_spec(compose_cfg(override, *WITH.get(override, [])))
+
+
+@pytest.mark.parametrize("analysis", options("analysis"))
+def test_every_analysis_validates_on_its_task(compose_cfg, analysis):
+    experiment = "toy_kl" if analysis == "kl_optimum" else "cards_sft_vs_rl"
+    spec = build_spec(compose_cfg(f"experiment={experiment}", f"analysis=[{analysis}]", "alpha=1"))
+    assert list(spec.analyses) == [analysis]
 
 
 def test_unknown_option_lists_valid_ones(compose_cfg):

@@ -16,13 +16,11 @@ import numpy as np
 from transformers import AutoModelForCausalLM
 
 from rlcircuits.analysis import ANALYSES
+from rlcircuits.analysis.prompts import ROLE
 from rlcircuits.io import save_figure
 from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
 from rlcircuits.trainers.common import accuracy
-
-ROLE = {"base": "init", "policy": "rl", "control": "sft"}
-
 
 @dataclass
 class AccuracyConfig:
@@ -32,6 +30,10 @@ class AccuracyConfig:
 
     def __post_init__(self):
         check(self.n_examples >= 1, "n_examples", "must be ≥ 1")
+
+    def check_task(self, task_cls) -> None:
+        check(task_cls.has_answer, "task", f"accuracy needs a task with right answers (e.g. task=cards), "
+              f"not {task_cls.__name__}")
 
 
 def plot_accuracy(table: dict[str, dict[str, float]], path: Path) -> None:
@@ -50,7 +52,6 @@ def plot_accuracy(table: dict[str, dict[str, float]], path: Path) -> None:
 
 @ANALYSES.register("accuracy", schema=AccuracyConfig)
 def run(cfg: AccuracyConfig, task: Task, checkpoints: dict[str, Path], out_dir: Path) -> dict:
-    check(task.has_answer, "analysis", "accuracy needs a task with right answers (e.g. task=cards)")
     table = {}
     for name, path in checkpoints.items():
         model = AutoModelForCausalLM.from_pretrained(path).eval()

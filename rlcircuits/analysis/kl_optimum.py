@@ -45,6 +45,10 @@ class KLOptimumConfig:
         check(self.n_samples >= 4096, "n_samples", f"{self.n_samples} < 4096 gives too noisy a share estimate")
         check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
 
+    def check_task(self, task_cls) -> None:
+        check(issubclass(task_cls, ToyABC), "task", f"the exact optimum is enumerated for task=toy_abc, "
+              f"not {task_cls.__name__}")
+
 
 @torch.no_grad()
 def sequence_logprobs(model, ids: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:

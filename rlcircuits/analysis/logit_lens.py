@@ -8,12 +8,19 @@ output. Generic over tasks: callers give token ids, the position to read in each
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from rlcircuits.io import save_figure
+from rlcircuits.analysis import ANALYSES
+from rlcircuits.analysis.prompts import CircuitConfig, hooked_arms, split_prompts
+from rlcircuits.io import save_figure, write_json
+from rlcircuits.registry import check
 
 
 @torch.no_grad()
@@ -76,3 +83,30 @@ def plot_logit_lens(results: dict[str, dict], path) -> None:
         ax.set_xlabel("layer (0 = embed)")
         ax.legend(fontsize=7)
     save_figure(fig, path)
+
+
+@dataclass
+class LogitLensConfig(CircuitConfig):
+    name: str = "logit_lens"
+    threshold: float = 0.5  # accuracy at which the answer counts as decodable from a layer
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(0 < self.threshold <= 1, "threshold", f"{self.threshold} must be in (0, 1]")
+
+
+@ANALYSES.register("logit_lens", schema=LogitLensConfig)
+def run(cfg: LogitLensConfig, task, checkpoints: dict[str, Path], out_dir: Path) -> dict:
+    """Decode the answer from every layer of every arm on every split; headline: the first decodable layer
+    (null: none reaches ``threshold``) and the final layer's accuracy."""
+    prompts = split_prompts(task, cfg)
+    full, headline = {}, {}
+    for arm, model in tqdm(hooked_arms(checkpoints).items(), desc="logit_lens", leave=False):
+        full[arm] = {s: logit_lens(model, p.tokens, p.answers, p.read_pos) for s, p in prompts.items()}
+        for r in full[arm].values():
+            del r["per_example_log_prob"]
+        plot_logit_lens(full[arm], out_dir / "plots" / f"logit_lens_{arm}.png")
+        headline[arm] = {s: {"first_layer": first_decodable_layer(r["accuracy"], cfg.threshold),
+                             "final_accuracy": float(r["accuracy"][-1])} for s, r in full[arm].items()}
+    write_json(out_dir / "analysis" / "logit_lens.json", full)
+    return {"logit_lens": headline}

@@ -11,16 +11,22 @@ l ≥ 1 is ``blocks.{l-1}.hook_resid_post``, as in ``probe``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens import patching as tlp
 
-from rlcircuits.io import save_figure
+from rlcircuits.analysis import ANALYSES
+from rlcircuits.analysis.prompts import CircuitConfig, Prompts, answer_logits, hooked_arms, pad
+from rlcircuits.io import save_figure, write_json
+from rlcircuits.registry import check
 
 
 def logit_diff(logits: torch.Tensor, clean_answers: torch.Tensor, corrupt_answers: torch.Tensor) -> torch.Tensor:
@@ -120,3 +126,71 @@ def plot_patching(results: dict[str, dict], path) -> None:
         ax.set_title(f"{title}\n1 = clean, 0 = corrupt", fontsize=9)
         fig.colorbar(im, ax=ax)
     save_figure(fig, path)
+
+
+@dataclass
+class PatchingConfig(CircuitConfig):
+    """``splits``: the OOD splits, each paired with ID test prompts by ``task.pairs``."""
+
+    name: str = "patching"
+    splits: list[str] = field(default_factory=lambda: ["ood_colour", "ood_composition", "ood_paraphrase",
+                                                       "ood_threshold"])
+    max_pairs: int = 64  # pairs patched per split and arm
+    min_pairs: int = 4  # fewer usable pairs than this: the split is reported as skipped
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(1 <= self.min_pairs <= self.max_pairs, "min_pairs", f"must be in 1..max_pairs={self.max_pairs}")
+
+    def check_task(self, task_cls) -> None:
+        super().check_task(task_cls)
+        for s in self.splits:
+            check(s in task_cls.paired_splits, "splits", f"{s!r} has no ID twins to patch from; valid: "
+                  f"{', '.join(task_cls.paired_splits) or 'none (the task pairs no splits)'}")
+
+
+def usable_pairs(model: HookedTransformer, clean: Prompts, corrupt: Prompts, max_pairs: int) -> torch.Tensor:
+    """Rows to patch: the model gives the ID answer on the clean prompt but not on its OOD twin, and (prompts
+    of one batch must have one length) the prompt length is the most common among such rows."""
+    corrupt_pred = answer_logits(model, corrupt).argmax(-1)  # [n]
+    ok = (answer_logits(model, clean).argmax(-1) == clean.answers) & (corrupt_pred != clean.answers)
+    rows = torch.nonzero(ok).flatten()
+    if len(rows) == 0:
+        return rows
+    lengths = clean.read_pos[rows]
+    return rows[lengths == torch.mode(lengths).values][:max_pairs]
+
+
+@ANALYSES.register("patching", schema=PatchingConfig)
+def run(cfg: PatchingConfig, task, checkpoints: dict[str, Path], out_dir: Path) -> dict:
+    """Patch each arm's ID activations into its failing OOD twins: which layer, position and head restore the
+    ID answer? The corrupt answer of a pair is the model's own OOD answer, so the logit difference measures
+    the switch between the two answers it actually gives."""
+    pad_id = task.tokenizer.pad_token_id
+    pairs = {s: task.pairs(s, cfg.n_examples, cfg.seed) for s in cfg.splits}
+    full, headline = {}, {}
+    for arm, model in tqdm(hooked_arms(checkpoints).items(), desc="patching", leave=False):
+        full[arm], headline[arm], panels = {}, {}, {}
+        for split, twins in pairs.items():
+            clean, corrupt = pad([a for a, _ in twins], pad_id), pad([b for _, b in twins], pad_id)
+            rows = usable_pairs(model, clean, corrupt, cfg.max_pairs)
+            if len(rows) < cfg.min_pairs:
+                headline[arm][split] = {"n_pairs": len(rows), "skipped": f"fewer than min_pairs={cfg.min_pairs} "
+                                        "pairs where the ID answer is right and the OOD answer differs"}
+                continue
+            clean, corrupt = clean.subset(rows), corrupt.subset(rows)
+            corrupt_answers = answer_logits(model, corrupt).argmax(-1)
+            args = (model, clean.tokens, corrupt.tokens, clean.answers, corrupt_answers)
+            resid, heads = patch_resid(*args), patch_heads_all_pos(*args)
+            panels |= {f"{split}: residual": resid, f"{split}: heads": heads}
+            full[arm][split] = {"resid": resid, "heads": heads, "rows": rows}
+            layer, head = np.unravel_index(int(np.argmax(heads["patched"])), heads["patched"].shape)
+            headline[arm][split] = {"n_pairs": len(rows), "length": clean.tokens.shape[1],
+                                    "clean_logit_diff": resid["clean_logit_diff"],
+                                    "corrupt_logit_diff": resid["corrupt_logit_diff"],
+                                    "top_head": [int(layer), int(head)],
+                                    "top_head_restored": float(heads["patched"][layer, head])}
+        if panels:
+            plot_patching(panels, out_dir / "plots" / f"patching_{arm}.png")
+    write_json(out_dir / "analysis" / "patching.json", full)
+    return {"patching": headline}

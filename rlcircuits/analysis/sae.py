@@ -10,15 +10,21 @@ a similar rate on both). The classification is ours: SAELens trains and encodes,
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.config import LoggingConfig, SAETrainerConfig
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from rlcircuits.io import save_figure
+from rlcircuits.analysis import ANALYSES
+from rlcircuits.analysis.prompts import CircuitConfig, hooked_arms, split_prompts
+from rlcircuits.io import save_figure, write_json
+from rlcircuits.registry import check
 
 
 @torch.no_grad()
@@ -28,16 +34,25 @@ def hook_activations(
     hook_name: str,
     positions: Sequence[int] | None = None,
     batch_size: int = 256,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Activations of ``hook_name`` (a [batch, seq, d] hook) at ``positions`` (default all): [batch * n_pos, d]."""
+    """Activations of ``hook_name`` (a [batch, seq, d] hook): [n_rows, d].
+
+    Rows are every position in ``positions`` (default all) of every prompt, or, with ``mask`` [batch, seq]
+    (True on real tokens of right-padded prompts), every real token.
+    """
+    if positions is not None and mask is not None:
+        raise ValueError("pass positions or mask, not both")
     chunks = []
-    for chunk in tokens.split(batch_size):  # [b, seq]
-        _, cache = model.run_with_cache(chunk, names_filter=[hook_name])
+    for start in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(tokens[start:start + batch_size], names_filter=[hook_name])
         acts = cache[hook_name]  # [b, seq, d]
         if acts.ndim != 3:
             raise ValueError(f"hook {hook_name!r} has shape {tuple(acts.shape)}; use a [batch, seq, d] hook "
                              "such as blocks.{l}.hook_resid_post or blocks.{l}.hook_mlp_out")
-        if positions is not None:
+        if mask is not None:
+            acts = acts[mask[start:start + batch_size]]  # [n_real, d]
+        elif positions is not None:
             acts = acts[:, list(positions)]
         chunks.append(acts.reshape(-1, acts.shape[-1]).float().cpu())
     return torch.cat(chunks)
@@ -116,16 +131,19 @@ def sae_features(
     specific_ratio: float = 0.1,
     stable_ratio: float = 0.5,
     seed: int = 0,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> dict:
     """Train an SAE on ``tokens[id_split]``'s ``hook_name`` activations; compare its features across splits.
 
-    tokens: split → [batch, seq]; positions: which positions' activations to use (default all).
+    tokens: split → [batch, seq]; positions: which positions' activations to use (default all), or
+    masks: split → [batch, seq] real-token masks of right-padded prompts (every real token is used).
     Returns ``{"sae": the trained SAE (``sae.save_model(dir)`` saves it), "hook_name": str,
     "firing_frequency" / "mean_activation": {split: [d_sae]}, "l0" / "explained_variance": {split: float},
     "id_specific" / "ood_stable": {ood split: bool [d_sae]}, "n_id_specific" / "n_ood_stable": {ood split: int},
     "id_split": str}``. Thresholds as in ``classify_features``.
     """
-    acts = {s: hook_activations(model, t, hook_name, positions, batch_size) for s, t in tokens.items()}
+    acts = {s: hook_activations(model, t, hook_name, positions, batch_size, None if masks is None else masks[s])
+            for s, t in tokens.items()}
     sae = train_sae(acts[id_split], d_sae, l1_coefficient, steps, batch_size, lr, seed)
     stats = {s: feature_stats(sae, a) for s, a in acts.items()}
     result: dict = {"sae": sae, "hook_name": hook_name, "id_split": id_split}
@@ -158,3 +176,45 @@ def plot_sae_features(result: dict, path) -> None:
         ax.set_title(f"SAE features @ {result['hook_name']}", fontsize=9)
         ax.legend(fontsize=7)
     save_figure(fig, path)
+
+
+@dataclass
+class SAEConfig(CircuitConfig):
+    name: str = "sae"
+    hook_name: str = "blocks.1.hook_resid_post"
+    expansion: int = 4  # d_sae = expansion × the hook's width
+    l1_coefficient: float = 1.0
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 3.0e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.expansion >= 1, "expansion", "must be ≥ 1")
+        check(self.steps >= 1, "steps", "must be ≥ 1")
+        check(self.l1_coefficient >= 0, "l1_coefficient", "must be ≥ 0")
+
+
+@ANALYSES.register("sae", schema=SAEConfig)
+def run(cfg: SAEConfig, task, checkpoints: dict[str, Path], out_dir: Path) -> dict:
+    """An SAE per arm on its ID activations (every real prompt token); saved to ``sae/<arm>/`` (SAELens
+    format); per-feature statistics to ``sae.json``; headline: reconstruction and feature counts per split."""
+    prompts = split_prompts(task, cfg)
+    full, headline = {}, {}
+    for arm, model in tqdm(hooked_arms(checkpoints).items(), desc="sae", leave=False):
+        names = model.hook_dict
+        check(cfg.hook_name in names, "analysis.sae.hook_name",
+              f"{cfg.hook_name!r} is not a hook of the model (e.g. blocks.0.hook_resid_post)")
+        d_sae = cfg.expansion * (model.cfg.d_mlp if "mlp_post" in cfg.hook_name else model.cfg.d_model)
+        result = sae_features(model, {s: p.tokens for s, p in prompts.items()}, cfg.hook_name, d_sae, cfg.splits[0],
+                              l1_coefficient=cfg.l1_coefficient, steps=cfg.steps, batch_size=cfg.batch_size,
+                              lr=cfg.lr, seed=cfg.seed, masks={s: p.mask for s, p in prompts.items()})
+        result.pop("sae").save_model(str(out_dir / "sae" / arm))
+        plot_sae_features(result, out_dir / "plots" / f"sae_{arm}.png")
+        full[arm] = result
+        headline[arm] = {"explained_variance": result["explained_variance"][cfg.splits[0]],
+                         "l0": result["l0"][cfg.splits[0]],
+                         "alive": int((result["firing_frequency"][cfg.splits[0]] >= 0.01).sum()),
+                         "n_id_specific": result["n_id_specific"], "n_ood_stable": result["n_ood_stable"]}
+    write_json(out_dir / "analysis" / "sae.json", full)
+    return {"sae": headline}

@@ -36,6 +36,7 @@ class Task(ABC):
     max_new_tokens: int  # longest completion
     max_length: int  # longest prompt + completion
     has_answer: bool = False  # True when ``correct`` is implemented (enables accuracy evaluation)
+    paired_splits: tuple[str, ...] = ()  # splits whose ``pairs(split, n, seed)`` gives equal-length ID twins
 
     @abstractmethod
     def examples(self, split: str, n: int, seed: int) -> list[Example]:

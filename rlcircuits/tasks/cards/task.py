@@ -28,6 +28,7 @@ class Cards(Task):
     splits = (*ID_SPLITS, *OOD_SPLITS)
     max_new_tokens = 2  # answer, <eos>
     has_answer = True
+    paired_splits = OOD_SPLITS
 
     def __init__(self, cfg: CardsConfig):
         self.cfg = cfg
