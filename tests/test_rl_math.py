@@ -154,3 +154,15 @@ def test_explained_variance_and_kl_controller():
     assert explained_variance(torch.zeros(3, 4) + target.mean(), target, mask).abs() < 1e-5
     assert adaptive_kl_coef(0.1, kl=10.0, target=1.0, horizon=100, n=10) == pytest.approx(0.1 * 1.02)
     assert adaptive_kl_coef(0.1, kl=0.5, target=1.0, horizon=100, n=10) == pytest.approx(0.1 * 0.98)
+
+
+def test_prefix_baseline_is_leave_one_out_among_shared_prefixes():
+    from rlcircuits.trainers.rl_math import prefix_baseline
+
+    tokens = torch.tensor([[3, 5], [3, 6], [4, 5], [3, 5]])  # one group of 4
+    returns = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])
+    b = prefix_baseline(returns, tokens, 4)
+    # t = 0: every row shares the empty prefix → leave-one-out over the group
+    assert torch.allclose(b[:, 0], torch.tensor([3.0, 8 / 3, 7 / 3, 2.0]))
+    # t = 1: rows 0, 1, 3 share prefix "3"; row 2 is alone → leave-one-out over the whole group
+    assert torch.allclose(b[:, 1], torch.tensor([30.0, 25.0, 70 / 3, 15.0]))

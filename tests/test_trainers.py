@@ -14,7 +14,7 @@ from rlcircuits.models.tokenizer import build_word_tokenizer
 from rlcircuits.registry import ConfigError
 from rlcircuits.tasks.base import Example, Task
 from rlcircuits.trainers import TRAINERS
-from rlcircuits.trainers.rollout import sample
+from rlcircuits.trainers.rollout import sample, token_logprobs
 
 
 class OnesTask(Task):
@@ -72,6 +72,7 @@ CASES = {
     "sft-trl": {"backend": "trl"},
     "reinforce": RL,
     "reinforce-trl": {**RL, "backend": "trl"},
+    "reinforce-prefix": {**RL, "baseline": "prefix"},
     "ppo": {**RL, "num_minibatches": 2, "update_epochs": 2},
     "ppo-adaptive_kl": {**RL, "num_minibatches": 2, "target_kl": 0.01, "kl_horizon": 100, "gae_lambda": 0.9},
     "grpo": {**RL, "num_iterations": 2},
@@ -91,6 +92,23 @@ def test_sample_draws_what_generate_draws(task, tiny):
                         max_new_tokens=task.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     assert torch.equal(rollout.sequences, out)
     assert (rollout.sequences == tok.eos_token_id).any()
+
+
+def test_token_logprobs_do_not_depend_on_padding(task, tiny):
+    """Each row's completion log-probs equal those of the row scored alone: with left-padded prompts of
+    different lengths (mask and positions passed) and without (the model's own causal path)."""
+    bos, one = task.tokenizer.bos_token_id, task.one
+    examples = [Example([bos], []), Example([bos, one], []), Example([bos, one, one], [])]
+    for batch in (examples, examples[:1] * 3):
+        torch.manual_seed(0)
+        rollout = sample(tiny, batch, task.tokenizer, 1)
+        together = token_logprobs(tiny, rollout)  # [3, C]
+        for row in range(len(batch)):
+            alone = rollout[[row]]
+            alone.sequences, alone.attention_mask = (x[:, -len(batch[row].prompt) - 1:]
+                                                     for x in (alone.sequences, alone.attention_mask))
+            alone.prompt_len = len(batch[row].prompt)
+            torch.testing.assert_close(together[row], token_logprobs(tiny, alone)[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -67,6 +67,34 @@ def group_baseline(rewards: torch.Tensor, group_size: int, kind: str) -> torch.T
     return b.reshape(-1)
 
 
+def prefix_baseline(returns: torch.Tensor, tokens: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per-token leave-one-out baseline over samples that share the prefix, shape ``[B, C]``.
+
+    ``returns`` and ``tokens`` (completion ids) are ``[B, C]``, laid out group by group. The baseline of
+    token t of sample i is the mean return-to-go at t of the *other* samples of the same prompt whose
+    completion agrees with sample i's before t; when no other sample does, it is the leave-one-out mean
+    over the whole group at t. It depends only on the prefix and on other, independent samples, never on
+    the token's own action, so the gradient stays unbiased; it is a value estimate of the prefix (what a
+    critic would learn), so it removes the variance that earlier tokens put into later tokens' returns.
+    """
+    B, C = returns.shape
+    if group_size < 2:
+        raise ValueError("the prefix baseline needs at least 2 samples per prompt")
+    key = torch.arange(B, device=returns.device) // group_size  # [B] the prompt, then the prefix so far
+    width = int(tokens.max()) + 1 if tokens.numel() else 1
+    out = torch.empty_like(returns)
+    for t in range(C):
+        g = returns[:, t]
+        _, key = torch.unique(key, return_inverse=True)  # dense ids, so key * width stays small
+        total = torch.zeros(B, dtype=g.dtype, device=g.device).index_add_(0, key, g)
+        count = torch.zeros(B, dtype=g.dtype, device=g.device).index_add_(0, key, torch.ones_like(g))
+        others = count[key] - 1
+        same = (total[key] - g) / others.clamp(min=1)
+        out[:, t] = torch.where(others > 0, same, group_baseline(g.contiguous(), group_size, "rloo"))
+        key = key * width + tokens[:, t]
+    return out
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str, eps: float = 1e-4) -> torch.Tensor:
     """GRPO's group-relative advantages ``(r − mean_group) / s``, shape ``[B]`` (rewards laid out by group).
 

@@ -48,6 +48,11 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _padding(mask: torch.Tensor, pos: torch.Tensor, padded: bool) -> dict:
+    """Model kwargs for left-padded rows; none without padding, which lets the model take its fast causal path."""
+    return {"attention_mask": mask, "position_ids": pos} if padded else {}
+
+
 @torch.no_grad()
 def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greedy: bool = False) -> Rollout:
     """Sample one completion per example (repeat examples for several per prompt).
@@ -61,8 +66,9 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
     ids, mask = ids.to(device), mask.to(device)
     was_training = model.training
     model.eval()
+    padded = not bool(mask.all())  # without left padding the model's own causal mask and positions are right
     pos = positions(mask)  # [B, P]
-    out = model(ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    out = model(ids, **_padding(mask, pos, padded), use_cache=True)
     pos, attn = pos[:, -1:], mask
     done = torch.zeros(len(examples), dtype=torch.bool, device=device)
     tokens = []
@@ -75,8 +81,7 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
         if done.all():
             break
         pos, attn = pos + 1, torch.cat([attn, torch.ones_like(mask[:, :1])], 1)
-        out = model(tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=out.past_key_values,
-                    use_cache=True)
+        out = model(tok[:, None], **_padding(attn, pos, padded), past_key_values=out.past_key_values, use_cache=True)
     model.train(was_training)
     comp = torch.stack(tokens, 1)  # [B, C]
     is_eos = comp == tokenizer.eos_token_id
@@ -96,13 +101,11 @@ class Scores:
 
 def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False) -> Scores:
     """Score ``rollout``'s completion tokens under ``model`` (with grad unless called under no_grad)."""
-    out = model(
-        rollout.sequences,
-        attention_mask=rollout.attention_mask,
-        position_ids=positions(rollout.attention_mask),
-        output_hidden_states=hidden,
-    )
     P = rollout.prompt_len
+    mask = rollout.attention_mask
+    # Padding after <eos> is only ever read by later padding, so only left padding needs the mask.
+    padded = not bool(mask[:, :P].all())
+    out = model(rollout.sequences, **_padding(mask, positions(mask), padded), output_hidden_states=hidden)
     logits = out.logits[:, P - 1 : -1].float()  # [B, C, V]: position t predicts completion token t
     logp = F.log_softmax(logits, -1)
     tok = logp.gather(-1, rollout.sequences[:, P:, None]).squeeze(-1) * rollout.completion_mask  # [B, C]
