@@ -211,12 +211,40 @@ def report(cfg: DictConfig, results: dict, out: Path) -> str:
     except ValueError:
         overrides = ""
     lines = ["# rlcircuits run", "", f"`python run.py {overrides}`".replace(" `", "`"), "", "## Results", ""]
-    lines += [f"- **{k}**: {v:.4g}" if isinstance(v, float) else f"- **{k}**: {v}"
-              for k, v in _flatten(results).items()]
+    for key, value in results.items():
+        if isinstance(value, dict):
+            lines += ["", f"**{key}**", "", *_tables(value), ""]
+        else:
+            lines.append(f"- **{key}**: {_fmt(value)}")
     plots = sorted((out / "plots").glob("*.png"))
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _rows(d: dict, path: str = "") -> list[tuple[str, dict]]:
+    """The leaves of nested results as table rows: (path, its non-dict entries), depth first."""
+    cells = {k: v for k, v in d.items() if not isinstance(v, dict)}
+    rows = [(path, cells)] if cells else []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            rows += _rows(v, f"{path}/{k}" if path else str(k))
+    return rows
+
+
+def _tables(d: dict) -> list[str]:
+    """Markdown tables of nested results, one per run of rows with the same columns."""
+    lines, columns = [], None
+    for name, row in _rows(d):
+        if list(row) != columns:
+            columns = list(row)
+            lines += ["", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in row.values()) + " |")
+    return lines[1:]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

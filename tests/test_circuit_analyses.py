@@ -84,7 +84,7 @@ def test_probe(task, checkpoints, tmp_path):
         for best in out[arm].values():
             assert best["position"] in (-2, -1, 0) and 0 <= best["layer"] <= 2
             assert best["margin"] == pytest.approx(best["id_score"] - best["id_control"])
-            assert set(best["ood_score"]) == set(SPLITS[1:])
+            assert set(best) - {"layer", "position", "id_score", "id_control", "margin"} == set(SPLITS[1:])
         scores = np.array(full[arm]["scores"]["colour_sum_RED"]["test"])
         assert scores.shape == (3, 3)  # layers 0..2 × offsets
         _finite(scores)
@@ -139,7 +139,7 @@ def test_sae(task, checkpoints, tmp_path):
     out = ANALYSES["sae"].fn(cfg, task, checkpoints, tmp_path)["sae"]
     full = _outputs(tmp_path, "sae", [f"sae_{arm}.png" for arm in ARMS.values()])
     for arm in ARMS.values():
-        assert set(out[arm]["n_id_specific"]) == set(SPLITS[1:])
+        assert set(out["n_id_specific"][arm]) == set(SPLITS[1:]) and out["id"][arm]["d_sae"] == 64
         assert (tmp_path / "sae" / arm).is_dir()
         freq = np.array(full[arm]["firing_frequency"]["test"])
         assert freq.shape == (64,) and ((0 <= freq) & (freq <= 1)).all()

@@ -101,3 +101,9 @@ def test_cards_accuracy_table(tmp_path, monkeypatch, compose_cfg):
     splits = {"val", "test", "ood_colour", "ood_composition", "ood_paraphrase", "ood_threshold"}
     assert all(set(accs) == splits and all(0 <= a <= 1 for a in accs.values()) for accs in table.values())
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| | val | test | ood_colour |" in report and "| rl | " in report  # one table row per checkpoint
+    for name in ("probe", "patching", "ablation", "sae", "logit_lens"):  # every circuit analysis, on every arm
+        assert f"**{name}**" in report and (tmp_path / "analysis" / f"{name}.json").exists()
+        assert set(json.loads((tmp_path / "analysis" / f"{name}.json").read_text())) >= (
+            {"results"} if name == "ablation" else {"init", "rl", "sft"})

@@ -112,11 +112,15 @@ patch_heads_final_pos.__doc__ = ("``patch`` of each head's output at the final p
                                  "[n_layers, n_heads].")
 
 
-def plot_patching(results: dict[str, dict], path) -> None:
-    """One heatmap per named result of ``patch_*`` (e.g. {"resid": ..., "heads (all pos)": ...})."""
-    fig, axes = plt.subplots(1, len(results), squeeze=False, layout="constrained",
-                             figsize=(4.2 * len(results), 3.4))
-    for ax, (title, result) in zip(axes[0], results.items()):
+def plot_patching(results: dict[str, dict], path, ncols: int | None = None) -> None:
+    """One heatmap per named result of ``patch_*`` (e.g. {"resid": ..., "heads (all pos)": ...}), ``ncols``
+    to a row (default: all in one row)."""
+    ncols = ncols or len(results)
+    nrows = -(-len(results) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained", figsize=(4.2 * ncols, 3.4 * nrows))
+    for ax in axes.flat[len(results):]:
+        ax.axis("off")
+    for ax, (title, result) in zip(axes.flat, results.items()):
         values = np.asarray(result["patched"])
         bound = max(1.0, float(np.abs(values).max()))
         im = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", origin="lower")
@@ -170,7 +174,7 @@ def run(cfg: PatchingConfig, task, checkpoints: dict[str, Path], out_dir: Path) 
     pairs = {s: task.pairs(s, cfg.n_examples, cfg.seed) for s in cfg.splits}
     full, headline = {}, {}
     for arm, model in tqdm(hooked_arms(checkpoints).items(), desc="patching", leave=False):
-        full[arm], headline[arm], panels = {}, {}, {}
+        full[arm], headline[arm], panels, heads_panels = {}, {}, {}, {}
         for split, twins in pairs.items():
             clean, corrupt = pad([a for a, _ in twins], pad_id), pad([b for _, b in twins], pad_id)
             rows = usable_pairs(model, clean, corrupt, cfg.max_pairs)
@@ -182,7 +186,7 @@ def run(cfg: PatchingConfig, task, checkpoints: dict[str, Path], out_dir: Path) 
             corrupt_answers = answer_logits(model, corrupt).argmax(-1)
             args = (model, clean.tokens, corrupt.tokens, clean.answers, corrupt_answers)
             resid, heads = patch_resid(*args), patch_heads_all_pos(*args)
-            panels |= {f"{split}: residual": resid, f"{split}: heads": heads}
+            panels[f"{split}: residual"], heads_panels[f"{split}: heads"] = resid, heads
             full[arm][split] = {"resid": resid, "heads": heads, "rows": rows}
             layer, head = np.unravel_index(int(np.argmax(heads["patched"])), heads["patched"].shape)
             headline[arm][split] = {"n_pairs": len(rows), "length": clean.tokens.shape[1],
@@ -190,7 +194,7 @@ def run(cfg: PatchingConfig, task, checkpoints: dict[str, Path], out_dir: Path) 
                                     "corrupt_logit_diff": resid["corrupt_logit_diff"],
                                     "top_head": [int(layer), int(head)],
                                     "top_head_restored": float(heads["patched"][layer, head])}
-        if panels:
-            plot_patching(panels, out_dir / "plots" / f"patching_{arm}.png")
+        if panels:  # residual maps on the first row, head maps on the second
+            plot_patching(panels | heads_panels, out_dir / "plots" / f"patching_{arm}.png", ncols=len(panels))
     write_json(out_dir / "analysis" / "patching.json", full)
     return {"patching": headline}

@@ -143,27 +143,27 @@ def plot_probes(result: dict, path) -> None:
         panels += [(s, result["scores"][name][s]) for s in splits if s in result["scores"][name]]
         for ax, (title, scores) in zip(axes[i], panels):
             im = ax.imshow(scores, vmin=lo, vmax=1.0, aspect="auto", origin="lower", cmap="viridis")
-            ax.set_title(f"{name}\n{title}", fontsize=7)
-        fig.colorbar(im, ax=axes[i].tolist(), shrink=0.8)
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+        axes[i, 0].set_ylabel(f"{name}\nlayer (0 = embed)", fontsize=7)
+        fig.colorbar(im, ax=axes[i].tolist(), shrink=0.8, label="accuracy" if lo == 0 else "R²")
     for ax in axes[-1]:
         ax.set_xticks(range(len(result["positions"])), result["positions"], fontsize=6)
         ax.set_xlabel("position", fontsize=7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("layer (0 = embed)", fontsize=7)
     save_figure(fig, path)
 
 
 def best_layer(result: dict, label: str, id_split: str) -> dict:
     """Where ``label`` is best decoded on ID, by margin over the shuffled control, and the scores there.
 
-    Returns ``{"layer", "position", "id_score", "id_control", "margin", "ood_score": {split: score}}``.
+    Returns ``{"layer", "position", "id_score", "id_control", "margin", <each other split>: its score there}``.
     """
     scores, controls = result["scores"][label], result["controls"][label]
     margin = scores[id_split] - controls[id_split]  # [n_layers+1, n_positions]
     layer, p = np.unravel_index(int(np.argmax(margin)), margin.shape)
     return {"layer": int(layer), "position": int(result["positions"][p]), "id_score": float(scores[id_split][layer, p]),
             "id_control": float(controls[id_split][layer, p]), "margin": float(margin[layer, p]),
-            "ood_score": {s: float(v[layer, p]) for s, v in scores.items() if s != id_split}}
+            **{s: float(v[layer, p]) for s, v in scores.items() if s != id_split}}
 
 
 @dataclass

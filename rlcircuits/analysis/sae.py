@@ -198,9 +198,10 @@ class SAEConfig(CircuitConfig):
 @ANALYSES.register("sae", schema=SAEConfig)
 def run(cfg: SAEConfig, task, checkpoints: dict[str, Path], out_dir: Path) -> dict:
     """An SAE per arm on its ID activations (every real prompt token); saved to ``sae/<arm>/`` (SAELens
-    format); per-feature statistics to ``sae.json``; headline: reconstruction and feature counts per split."""
+    format); per-feature statistics to ``sae.json``; headline: on ID, explained variance, L0 and features that
+    ever fire; per OOD split, the number of ID-specific and OOD-stable features."""
     prompts = split_prompts(task, cfg)
-    full, headline = {}, {}
+    full, headline = {}, {"id": {}, "n_id_specific": {}, "n_ood_stable": {}}
     for arm, model in tqdm(hooked_arms(checkpoints).items(), desc="sae", leave=False):
         names = model.hook_dict
         check(cfg.hook_name in names, "analysis.sae.hook_name",
@@ -212,9 +213,9 @@ def run(cfg: SAEConfig, task, checkpoints: dict[str, Path], out_dir: Path) -> di
         result.pop("sae").save_model(str(out_dir / "sae" / arm))
         plot_sae_features(result, out_dir / "plots" / f"sae_{arm}.png")
         full[arm] = result
-        headline[arm] = {"explained_variance": result["explained_variance"][cfg.splits[0]],
-                         "l0": result["l0"][cfg.splits[0]],
-                         "alive": int((result["firing_frequency"][cfg.splits[0]] >= 0.01).sum()),
-                         "n_id_specific": result["n_id_specific"], "n_ood_stable": result["n_ood_stable"]}
+        id_freq = result["firing_frequency"][cfg.splits[0]]
+        headline["id"][arm] = {"explained_variance": result["explained_variance"][cfg.splits[0]],
+                               "l0": result["l0"][cfg.splits[0]], "alive": int((id_freq > 0).sum()), "d_sae": d_sae}
+        headline["n_id_specific"][arm], headline["n_ood_stable"][arm] = result["n_id_specific"], result["n_ood_stable"]
     write_json(out_dir / "analysis" / "sae.json", full)
     return {"sae": headline}

@@ -1,0 +1,47 @@
+"""Wall time of the cards study's whole analysis stack on a finished run's checkpoints.
+
+    python benchmarks/cards_analysis.py outputs/<date>/<time> [extra overrides...]
+
+Runs every analysis of ``experiment=cards_sft_vs_rl`` (accuracy, probe, patching, ablation, sae,
+logit_lens) on the run's ``base``, ``policy`` and ``control`` checkpoints, one thread, writing into a
+temporary folder. Prints each analysis's time and, last, ``analysis stack wall time: <s> s``.
+Target (issue 4): ≤ 5 min of CPU.
+"""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from threadpoolctl import threadpool_limits
+
+from rlcircuits.analysis import ANALYSES
+from rlcircuits.pipeline import build_spec, load_results
+from rlcircuits.tasks import TASKS
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def main(run_dir: str, overrides: list[str]) -> float:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        spec = build_spec(compose("config", overrides=["experiment=cards_sft_vs_rl", *overrides]))
+    torch.set_num_threads(spec.run.threads)
+    threadpool_limits(spec.run.threads)
+    task = TASKS.get(spec.task.name).fn(spec.task)
+    checkpoints = {k: Path(p) for k, p in load_results(run_dir)["checkpoints"].items()}
+    total = 0.0
+    with tempfile.TemporaryDirectory() as out:
+        for name, cfg in spec.analyses.items():
+            start = time.perf_counter()
+            ANALYSES.get(name).fn(cfg, task, checkpoints, Path(out))
+            seconds = time.perf_counter() - start
+            total += seconds
+            print(f"{name}: {seconds:.1f} s")
+    print(f"analysis stack wall time: {total:.1f} s on {', '.join(checkpoints)}")
+    return total
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
