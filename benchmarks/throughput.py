@@ -28,6 +28,7 @@ from rlcircuits.trainers import TRAINERS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BOUND = 0.03
+SAME_ALGORITHM = {"reinforce": ["trainer.baseline=rloo"]}  # RLOOTrainer's baseline, for both backends
 
 
 class Silent:
@@ -70,6 +71,7 @@ def main():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfgs = {(name, backend): compose("config", overrides=[
             "experiment=toy_kl", f"alpha={args.alpha}", f"seed={args.seed}", f"trainer={name}", f"trainer.backend={backend}",
+            *SAME_ALGORITHM.get(name, []),
         ]) for name in args.trainers for backend in ("native", "trl")}
     spec = build_spec(next(iter(cfgs.values())))
     task = TASKS.get(spec.task.name).fn(spec.task)

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlcircuits.pipeline import load_results, run
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
@@ -22,18 +24,35 @@ def run_in(tmp_path, monkeypatch, compose_cfg, *overrides):
     return headline, load_results(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """``smoke_run(experiment)`` → (run folder, results) of ``experiment=<experiment> debug=smoke``, run once."""
+    done = {}
+
+    def _run(experiment):
+        if experiment not in done:
+            folder = tmp_path_factory.mktemp(experiment)
+            with pytest.MonkeyPatch.context() as mp, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                mp.chdir(folder)
+                run(compose("config", overrides=[f"experiment={experiment}", "debug=smoke"]))
+            done[experiment] = folder, load_results(folder)
+        return done[experiment]
+
+    return _run
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs_in_smoke_mode(tmp_path, monkeypatch, compose_cfg, experiment):
-    _, results = run_in(tmp_path, monkeypatch, compose_cfg, f"experiment={experiment}", "debug=smoke")
+def test_every_experiment_runs_in_smoke_mode(smoke_run, experiment):
+    folder, results = smoke_run(experiment)
     assert {"base", "policy"} <= set(results["checkpoints"])
     for path in results["checkpoints"].values():  # loadable with transformers alone
         model = AutoModelForCausalLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
         assert model.config.vocab_size == len(tok)
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert {"base", "policy"} <= {line["stage"] for line in lines}
-    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "report.md").read_text().startswith("# rlcircuits")
-    assert not list(tmp_path.rglob(".*.tmp*")) and not list(tmp_path.glob("checkpoints/.*"))
+    assert (folder / "metrics.csv").exists() and (folder / "report.md").read_text().startswith("# rlcircuits")
+    assert not list(folder.rglob(".*.tmp*")) and not list(folder.glob("checkpoints/.*"))
 
 
 def test_toy_kl_results_layout(tmp_path, monkeypatch, compose_cfg):
@@ -92,18 +111,17 @@ def test_lora_post_training_of_a_loaded_model(tmp_path, monkeypatch, compose_cfg
     assert 0 <= results["tv_policy_optimal"] <= 1
 
 
-def test_cards_accuracy_table(tmp_path, monkeypatch, compose_cfg):
-    """init, RL and SFT arms from one init, each scored on every evaluation split."""
-    _, results = run_in(tmp_path, monkeypatch, compose_cfg, "experiment=cards_sft_vs_rl", "debug=smoke",
-                        "analysis.accuracy.n_examples=32")
+def test_cards_arms_and_analyses(smoke_run):
+    """init, RL and SFT arms from one init, each scored on every evaluation split and analysed."""
+    folder, results = smoke_run("cards_sft_vs_rl")
     table = results["accuracy"]
     assert set(table) == {"init", "rl", "sft"} and set(results["checkpoints"]) == {"base", "policy", "control"}
     splits = {"val", "test", "ood_colour", "ood_composition", "ood_paraphrase", "ood_threshold"}
     assert all(set(accs) == splits and all(0 <= a <= 1 for a in accs.values()) for accs in table.values())
-    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
-    report = (tmp_path / "report.md").read_text()
+    assert (folder / "plots" / "accuracy.png").stat().st_size > 0
+    report = (folder / "report.md").read_text()
     assert "| | val | test | ood_colour |" in report and "| rl | " in report  # one table row per checkpoint
     for name in ("probe", "patching", "ablation", "sae", "logit_lens"):  # every circuit analysis, on every arm
-        assert f"**{name}**" in report and (tmp_path / "analysis" / f"{name}.json").exists()
-        assert set(json.loads((tmp_path / "analysis" / f"{name}.json").read_text())) >= (
+        assert f"**{name}**" in report and (folder / "analysis" / f"{name}.json").exists()
+        assert set(json.loads((folder / "analysis" / f"{name}.json").read_text())) >= (
             {"results"} if name == "ablation" else {"init", "rl", "sft"})
