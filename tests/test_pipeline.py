@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,9 @@ def test_wandb_logger(tmp_path, monkeypatch, compose_cfg, mode):
     if mode == "offline":
         assert len(offline_runs) == 1
         (log,) = offline_runs[0].glob("*.wandb")  # the run's record, ready for `wandb sync`
-        data = log.read_bytes()
+        deadline = time.monotonic() + 30  # wandb's service process may still be writing it on a loaded machine
+        while b"base/train/loss" not in (data := log.read_bytes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert b"toy_abc" in data  # the resolved config
         assert b"policy/train/reward" in data and b"base/train/loss" in data  # the metrics
     else:
