@@ -13,17 +13,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.analysis.prompts import CircuitConfig, hooked_arms, split_prompts
 from rlcircuits.io import save_figure, write_json
 from rlcircuits.registry import check
+
+if TYPE_CHECKING:  # imported where used: see rlcircuits/analysis/__init__.py
+    from transformer_lens import HookedTransformer
 
 AccuracyFn = Callable[[torch.Tensor], float]  # read-position logits [batch, d_vocab] -> accuracy
 

@@ -22,6 +22,7 @@ from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
 from rlcircuits.trainers.common import accuracy
 
+
 @dataclass
 class AccuracyConfig:
     name: str = "accuracy"

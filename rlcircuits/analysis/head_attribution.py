@@ -13,13 +13,16 @@ Used to compare which heads push a token (e.g. a sentiment word) in a base vs a 
 from __future__ import annotations
 
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from rlcircuits.io import save_figure
+
+if TYPE_CHECKING:  # imported where used: see rlcircuits/analysis/__init__.py
+    from transformer_lens import HookedTransformer
 
 
 @torch.no_grad()

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.analysis.prompts import CircuitConfig, hooked_arms, split_prompts
 from rlcircuits.io import save_figure, write_json
 from rlcircuits.registry import check
+
+if TYPE_CHECKING:  # imported where used: see rlcircuits/analysis/__init__.py
+    from transformer_lens import HookedTransformer
 
 
 @torch.no_grad()

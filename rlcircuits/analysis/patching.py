@@ -14,19 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens import patching as tlp
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.analysis.prompts import CircuitConfig, Prompts, answer_logits, hooked_arms, pad
 from rlcircuits.io import save_figure, write_json
 from rlcircuits.registry import check
+
+if TYPE_CHECKING:  # imported where used: see rlcircuits/analysis/__init__.py
+    from transformer_lens import HookedTransformer
 
 
 def logit_diff(logits: torch.Tensor, clean_answers: torch.Tensor, corrupt_answers: torch.Tensor) -> torch.Tensor:
@@ -78,6 +79,9 @@ def patch(
 
 def get_act_patch_resid(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
     """Patch the residual stream at each layer × position: [n_layers+1, seq] (row 0 = embedding)."""
+    import pandas as pd
+    from transformer_lens import patching as tlp
+
     embed = tlp.generic_activation_patch(
         model, corrupted_tokens, clean_cache, patching_metric, tlp.layer_pos_patch_setter, "resid_pre",
         index_df=pd.DataFrame({"layer": 0, "pos": range(corrupted_tokens.shape[1])}),
@@ -91,6 +95,9 @@ def get_act_patch_resid(model, corrupted_tokens, clean_cache, patching_metric) -
 
 def get_act_patch_head_out_final_pos(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
     """Patch each head's output (``attn.hook_z``) at the final position only: [n_layers, n_heads]."""
+    import pandas as pd
+    from transformer_lens import patching as tlp
+
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     index = pd.DataFrame([(l, corrupted_tokens.shape[1] - 1, h) for l in range(n_layers) for h in range(n_heads)],
                          columns=["layer", "pos", "head"])
@@ -103,8 +110,14 @@ def get_act_patch_head_out_final_pos(model, corrupted_tokens, clean_cache, patch
 
 patch_resid = partial(patch, patcher=get_act_patch_resid, axes=("layer (0 = embed)", "position"))
 patch_resid.__doc__ = "``patch`` of the residual stream: ``patched`` is [n_layers+1, seq] (row 0 = embedding)."
-patch_heads_all_pos = partial(patch, patcher=tlp.get_act_patch_attn_head_out_all_pos,
-                              axes=("layer", "head"))
+def get_act_patch_head_out_all_pos(model, corrupted_tokens, clean_cache, patching_metric) -> torch.Tensor:
+    """Patch each head's output at every position at once: [n_layers, n_heads] (TransformerLens' own)."""
+    from transformer_lens import patching as tlp
+
+    return tlp.get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, patching_metric)
+
+
+patch_heads_all_pos = partial(patch, patcher=get_act_patch_head_out_all_pos, axes=("layer", "head"))
 patch_heads_all_pos.__doc__ = ("``patch`` of each head's output at every position at once: ``patched`` is "
                                "[n_layers, n_heads].")
 patch_heads_final_pos = partial(patch, patcher=get_act_patch_head_out_final_pos, axes=("layer", "head"))

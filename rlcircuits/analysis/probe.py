@@ -15,20 +15,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from sklearn.linear_model import RidgeClassifierCV, RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.analysis.prompts import CircuitConfig, at_offsets, hooked_arms, split_prompts
 from rlcircuits.io import save_figure, write_json
 from rlcircuits.registry import check
+
+if TYPE_CHECKING:  # imported where used: see rlcircuits/analysis/__init__.py
+    from transformer_lens import HookedTransformer
 
 
 @torch.no_grad()
@@ -66,6 +66,10 @@ ALPHAS = np.logspace(-2, 4, 13)  # ridge penalties searched by leave-one-out cro
 
 
 def _probe(kind: str):
+    from sklearn.linear_model import RidgeClassifierCV, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if kind == "classification":
         return make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=ALPHAS))
     if kind == "regression":

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
-from rlcircuits.models.hooked import load_hooked
 from rlcircuits.registry import check
 from rlcircuits.tasks.base import Example
+
+if TYPE_CHECKING:  # imported where used: see rlcircuits/analysis/__init__.py
+    from transformer_lens import HookedTransformer
 
 ROLE = {"base": "init", "policy": "rl", "control": "sft"}  # checkpoint → the arm's name in results and plots
 
@@ -91,6 +93,8 @@ def at_offsets(acts: torch.Tensor, read_pos: torch.Tensor, offsets) -> torch.Ten
 
 def hooked_arms(checkpoints: dict[str, Path]) -> dict[str, HookedTransformer]:
     """Every checkpoint as a ``HookedTransformer``, keyed by arm name (``init``, ``rl``, ``sft``)."""
+    from rlcircuits.models.hooked import load_hooked
+
     return {ROLE.get(name, name): load_hooked(path) for name, path in checkpoints.items()}
 
 

@@ -12,19 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
-from sae_lens.config import LoggingConfig, SAETrainerConfig
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.analysis.prompts import CircuitConfig, hooked_arms, split_prompts
 from rlcircuits.io import save_figure, write_json
 from rlcircuits.registry import check
+
+if TYPE_CHECKING:  # imported where used: see rlcircuits/analysis/__init__.py
+    from sae_lens import StandardTrainingSAE
+    from transformer_lens import HookedTransformer
 
 
 @torch.no_grad()
@@ -75,6 +77,9 @@ def train_sae(
     seed: int = 0,
 ) -> StandardTrainingSAE:
     """Train a standard (ReLU + L1) SAE on ``acts`` [n, d_in] for ``steps`` minibatches at constant ``lr``."""
+    from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
     torch.manual_seed(seed)
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, l1_coefficient=l1_coefficient))
     cfg = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size, lr=lr,

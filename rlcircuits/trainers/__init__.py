@@ -10,4 +10,12 @@ from rlcircuits.registry import Registry
 
 TRAINERS = Registry("trainer")
 
+
+def train_with_trl(cfg, policy, reference, task, logger, stage: str, seed: int):
+    """``trainer.backend=trl``. Imported on use: TRL, datasets and the HF Trainer add seconds to every start-up."""
+    from rlcircuits.trainers import trl_backend
+
+    return trl_backend.train(cfg, policy, reference, task, logger, stage, seed)
+
+
 from rlcircuits.trainers import grpo, ppo, reinforce, sft  # noqa: E402,F401  (registers)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
-from rlcircuits.trainers import TRAINERS, trl_backend
+from rlcircuits.trainers import TRAINERS, train_with_trl
 from rlcircuits.trainers.common import TrainerConfig, clip_and_step, collect, log_step, optimizer_and_schedule
 from rlcircuits.trainers.rl_math import group_baseline, prefix_baseline
 from rlcircuits.trainers.rollout import reference_logprobs, token_logprobs
@@ -58,7 +58,7 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
     ``reference=None``: ``policy`` is a PEFT model and the reference is its base (adapter disabled).
     """
     if cfg.backend == "trl":
-        return trl_backend.train(cfg, policy, reference, task, logger, stage, seed)
+        return train_with_trl(cfg, policy, reference, task, logger, stage, seed)
     opt, sched = optimizer_and_schedule(policy.parameters(), cfg)
     bar = tqdm(range(cfg.steps), desc=f"{stage} reinforce", leave=False)
     for step in bar:

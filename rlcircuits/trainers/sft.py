@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlcircuits.tasks.base import Example, Task
-from rlcircuits.trainers import TRAINERS, trl_backend
+from rlcircuits.trainers import TRAINERS, train_with_trl
 from rlcircuits.trainers.common import TrainerConfig, clip_and_step, log_step, optimizer_and_schedule, step_seed
 
 
@@ -42,7 +42,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 def train(cfg: SFTConfig, policy, reference, task: Task, logger, stage: str, seed: int = 0):
     """Train ``policy`` in place on the task's train split and return it (``reference`` is unused)."""
     if cfg.backend == "trl":
-        return trl_backend.train(cfg, policy, None, task, logger, stage, seed)
+        return train_with_trl(cfg, policy, None, task, logger, stage, seed)
     device = next(policy.parameters()).device
     opt, sched = optimizer_and_schedule(policy.parameters(), cfg)
     policy.train()
