@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.io import save_figure
+from rlcircuits.models.softmax import log_softmax
 from rlcircuits.registry import check
 from rlcircuits.tasks.toy_abc import MALFORMED, ToyABC
 from rlcircuits.trainers.rollout import sample
@@ -55,7 +56,7 @@ def sequence_logprobs(model, ids: torch.Tensor, batch_size: int = 4096) -> torch
     """log p(ids[:, 1:] | ids[:, :1]) for each row of ``ids [N, T]`` (row starts with <bos>), ``[N]``."""
     out = []
     for chunk in ids.split(batch_size):
-        logp = torch.log_softmax(model(chunk).logits[:, :-1].float(), -1)  # [n, T-1, V]
+        logp = log_softmax(model(chunk).logits[:, :-1].float())  # [n, T-1, V]
         out.append(logp.gather(-1, chunk[:, 1:, None]).squeeze(-1).sum(-1))
     return torch.cat(out)
 

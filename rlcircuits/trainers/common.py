@@ -52,7 +52,7 @@ def optimizer_and_schedule(params, cfg: TrainerConfig, updates_per_step: int = 1
     """AdamW with linear warm-up then cosine decay to ``final_lr · lr``, over ``steps × updates_per_step``
     optimiser updates (PPO and GRPO take several updates per rollout)."""
     params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # one kernel, not one per tensor
     total = cfg.steps * updates_per_step
     warm = int(cfg.warmup * total)
 

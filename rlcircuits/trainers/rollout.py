@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from rlcircuits.models.hf import is_adapter
+from rlcircuits.models.softmax import log_softmax
 from rlcircuits.tasks.base import Example
 
 
@@ -74,7 +74,10 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
     tokens = []
     for _ in range(max_new_tokens):
         logits = out.logits[:, -1].float()  # [B, V]
-        tok = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+        if greedy:
+            tok = logits.argmax(-1)
+        else:  # weights ∝ softmax (multinomial normalises), without torch.softmax's slow path on short rows
+            tok = torch.multinomial((logits - logits.amax(-1, keepdim=True)).exp(), 1).squeeze(-1)
         tok = tok.masked_fill(done, tokenizer.pad_token_id)  # [B]
         tokens.append(tok)
         done |= tok == tokenizer.eos_token_id
@@ -105,9 +108,9 @@ def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False) 
     mask = rollout.attention_mask
     # Padding after <eos> is only ever read by later padding, so only left padding needs the mask.
     padded = not bool(mask[:, :P].all())
-    out = model(rollout.sequences, **_padding(mask, positions(mask), padded), output_hidden_states=hidden)
+    out = model(rollout.sequences, **_padding(mask, positions(mask), padded), output_hidden_states=hidden, use_cache=False)
     logits = out.logits[:, P - 1 : -1].float()  # [B, C, V]: position t predicts completion token t
-    logp = F.log_softmax(logits, -1)
+    logp = log_softmax(logits)
     tok = logp.gather(-1, rollout.sequences[:, P:, None]).squeeze(-1) * rollout.completion_mask  # [B, C]
     return Scores(
         logp=tok,
