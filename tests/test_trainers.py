@@ -157,6 +157,7 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
     ("grpo", "kl.estimator=k4", "trainer.kl.estimator"),
     ("grpo", "kl.placement=logits", "trainer.kl.placement"),
     ("sft", "backend=jax", "trainer.backend"),
+    ("sft", "beta2=1", "trainer.beta2"),
     ("ppo", "backend=trl", "trainer.backend"),
     ("reinforce", "backend=trl baseline=mean", "trainer.baseline"),
     ("grpo", "backend=trl kl.placement=reward", "trainer.kl"),

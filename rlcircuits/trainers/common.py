@@ -30,6 +30,7 @@ class TrainerConfig:
     warmup: float = 0.0  # fraction of steps with linear warm-up
     final_lr: float = 0.0  # fraction of peak lr reached at the end (cosine decay)
     weight_decay: float = 0.0
+    beta2: float = 0.999  # AdamW's second-moment decay (0.95 adapts the step size faster)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     log_every: int = 10  # steps between metric lines
     eval_every: int = 0  # steps between accuracy evaluations (tasks with answers); 0 = only at the end
@@ -41,6 +42,7 @@ class TrainerConfig:
         check(self.lr > 0, "lr", f"{self.lr} must be > 0")
         check(0 <= self.warmup < 1, "warmup", f"{self.warmup} must be a fraction in [0, 1)")
         check(0 <= self.final_lr <= 1, "final_lr", f"{self.final_lr} must be a fraction in [0, 1]")
+        check(0 <= self.beta2 < 1, "beta2", f"{self.beta2} must be in [0, 1)")
         check(self.grad_clip >= 0, "grad_clip", f"{self.grad_clip} must be ≥ 0")
         check(self.eval_every >= 0, "eval_every", f"{self.eval_every} must be ≥ 0")
         check(self.backend in ("native", "trl"), "backend", f"{self.backend!r} is not one of native, trl")
@@ -52,7 +54,8 @@ def optimizer_and_schedule(params, cfg: TrainerConfig, updates_per_step: int = 1
     """AdamW with linear warm-up then cosine decay to ``final_lr · lr``, over ``steps × updates_per_step``
     optimiser updates (PPO and GRPO take several updates per rollout)."""
     params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # one kernel, not one per tensor
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay,
+                            fused=True)  # fused: one kernel, not one per tensor
     total = cfg.steps * updates_per_step
     warm = int(cfg.warmup * total)
 
