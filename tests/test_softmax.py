@@ -51,7 +51,7 @@ def test_attention_equals_sdpa_with_a_kv_cache(pair):
         out = model(ids[:, :3], use_cache=True)
         steps = [out.logits]
         for t in range(3, 9):
-            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t:t + 1], cache=out.cache, use_cache=True)
             steps.append(out.logits)
         logits.append(torch.cat(steps, 1))
     torch.testing.assert_close(logits[1], logits[0])

@@ -84,7 +84,7 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
         if done.all():
             break
         pos, attn = pos + 1, torch.cat([attn, torch.ones_like(mask[:, :1])], 1)
-        out = model(tok[:, None], **_padding(attn, pos, padded), past_key_values=out.past_key_values, use_cache=True)
+        out = model(tok[:, None], **_padding(attn, pos, padded), cache=out.cache, use_cache=True)
     model.train(was_training)
     comp = torch.stack(tokens, 1)  # [B, C]
     is_eos = comp == tokenizer.eos_token_id
