@@ -166,3 +166,68 @@ def test_prefix_baseline_is_leave_one_out_among_shared_prefixes():
     assert torch.allclose(b[:, 0], torch.tensor([3.0, 8 / 3, 7 / 3, 2.0]))
     # t = 1: rows 0, 1, 3 share prefix "3"; row 2 is alone → leave-one-out over the whole group
     assert torch.allclose(b[:, 1], torch.tensor([30.0, 25.0, 70 / 3, 15.0]))
+
+
+def test_full_kl_is_the_categorical_kl(categoricals):
+    from rlcircuits.trainers.rl_math import full_kl
+
+    p, q = categoricals
+    exact = torch.distributions.kl_divergence(torch.distributions.Categorical(p), torch.distributions.Categorical(q))
+    assert torch.allclose(full_kl(p.log()[None, None], q.log()[None, None]), exact.reshape(1, 1), atol=1e-6)
+
+
+def enumerated_sequences(vocab: int, length: int, eos: int):
+    """Every completion of at most ``length`` tokens that stops at ``eos``: ids, mask ``[N, length]``."""
+    import itertools
+
+    bits = [v for v in range(vocab) if v != eos]
+    rows = [list(body) + [eos] * (length - n) for n in range(length) for body in itertools.product(bits, repeat=n)]
+    rows += [list(body) for body in itertools.product(bits, repeat=length)]  # truncated, no <eos>
+    ids = torch.tensor(rows)
+    first_eos = torch.where(ids == eos, torch.arange(length), length).amin(-1)
+    return ids, (torch.arange(length)[None] <= first_eos[:, None]).float()
+
+
+def tabular_dists(theta: torch.Tensor, ids: torch.Tensor, keys: dict) -> torch.Tensor:
+    """log π(·|y_<t) ``[N, T, V]`` of a policy with one logit row ``theta[k]`` per prefix."""
+    rows = [[keys[tuple(seq[:t])] for t in range(ids.shape[1])] for seq in ids.tolist()]
+    return torch.log_softmax(theta[torch.tensor(rows)], -1)
+
+
+@pytest.mark.parametrize("kl", ["k1", "full"])
+def test_reinforce_surrogate_gradient_is_the_exact_gradient(kl):
+    """Summed over every sequence with its probability as weight, REINFORCE's surrogate (as the trainer builds
+    it from kl_returns and full_kl) has exactly the gradient of E[r] − α·KL(π‖π_ref): both KL forms."""
+    from rlcircuits.trainers.rl_math import full_kl, kl_returns
+
+    vocab, length, eos, alpha = 3, 3, 2, 0.7
+    ids, mask = enumerated_sequences(vocab, length, eos)
+    keys = {prefix: i for i, prefix in enumerate({tuple(s[:t]) for s in ids.tolist() for t in range(length)})}
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(len(keys), vocab, generator=g).requires_grad_(True)
+    dist_ref = tabular_dists(torch.randn(len(keys), vocab, generator=g), ids, keys)
+    reward = torch.randn(len(ids), generator=g)
+
+    def token_logp(dist):
+        return dist.gather(-1, ids[..., None]).squeeze(-1) * mask  # [N, T]
+
+    dist = tabular_dists(theta, ids, keys)
+    logp, logp_ref = token_logp(dist), token_logp(dist_ref)
+    seq_p = logp.sum(-1).exp()
+    assert torch.allclose(seq_p.sum(), torch.tensor(1.0))  # the enumeration covers the sequence space
+    exact = (seq_p * (reward - alpha * (logp - logp_ref).sum(-1))).sum()  # J(θ)
+    (want,) = torch.autograd.grad(exact, theta)
+
+    def surrogate_grad(own: bool) -> torch.Tensor:
+        dist = tabular_dists(theta, ids, keys)
+        logp = token_logp(dist)
+        kl_tok = (full_kl(dist, dist_ref) if kl == "full" else logp.detach() - logp_ref) * mask
+        to_go = kl_returns(reward, kl_tok.detach(), mask, alpha, own=own)
+        loss = -(to_go * logp).sum(-1) + (alpha * kl_tok.sum(-1) if kl == "full" else 0)
+        return -torch.autograd.grad((seq_p.detach() * loss).sum(), theta)[0]
+
+    assert torch.allclose(surrogate_grad(own=kl == "k1"), want, atol=1e-5)  # the flag reinforce.py passes
+    if kl == "k1":  # without its own position's score term, k1 loses that position's KL gradient
+        assert not torch.allclose(surrogate_grad(own=False), want, atol=1e-3)
+    else:  # full_kl_t depends on y_<t only, so its score term has mean 0 either way: own=False drops its noise
+        assert torch.allclose(surrogate_grad(own=True), want, atol=1e-5)

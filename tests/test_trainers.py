@@ -73,7 +73,9 @@ CASES = {
     "reinforce": RL,
     "reinforce-trl": {**RL, "backend": "trl"},
     "reinforce-prefix": {**RL, "baseline": "prefix"},
+    "reinforce-full_kl": {**RL, "baseline": "prefix", "kl": "full"},
     "ppo": {**RL, "num_minibatches": 2, "update_epochs": 2},
+    "ppo-full_kl": {**RL, "num_minibatches": 2, "kl": "full"},
     "ppo-adaptive_kl": {**RL, "num_minibatches": 2, "target_kl": 0.01, "kl_horizon": 100, "gae_lambda": 0.9},
     "grpo": {**RL, "num_iterations": 2},
     "grpo-trl": {**RL, "num_iterations": 2, "backend": "trl"},
@@ -160,6 +162,9 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
     ("sft", "beta2=1", "trainer.beta2"),
     ("ppo", "backend=trl", "trainer.backend"),
     ("reinforce", "backend=trl baseline=mean", "trainer.baseline"),
+    ("reinforce", "kl=k3", "trainer.kl"),
+    ("reinforce", "backend=trl baseline=rloo kl=full", "trainer.kl"),
+    ("ppo", "kl=k2", "trainer.kl"),
     ("grpo", "backend=trl kl.placement=reward", "trainer.kl"),
 ])
 def test_bad_trainer_config_fails_naming_the_key(name, override, key):

@@ -8,6 +8,10 @@ near the sampling policy by the clipped ratio. The value head is a separate smal
 hidden state; its loss reaches the policy only with ``value_grad_to_policy=true``. Two options change the
 objective, so both are off by default: ``entropy_coef`` adds coef·H(π), and the adaptive KL controller
 (``target_kl`` > 0) moves α during training. λ < 1 is biased wherever the value is wrong.
+``kl=full`` uses the exact KL of each position's next-token distribution instead of k1: the next position's
+KL is a token's reward and its own position's KL is a loss term (divided by the advantages' std when they
+are whitened), the same gradient in expectation. Its direct gradient repairs a rarely sampled branch's
+tokens before a deviation is ever drawn, which kept toy_kl's branch B alive where k1 dropped it (README).
 
     python run.py experiment=toy_kl trainer=ppo alpha=0.5
 """
@@ -29,11 +33,13 @@ from rlcircuits.trainers.rl_math import (
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
+    full_kl,
     gae,
     masked_mean,
+    masked_std,
     whiten,
 )
-from rlcircuits.trainers.rollout import reference_logprobs, score
+from rlcircuits.trainers.rollout import reference_scores, score
 
 
 @dataclass
@@ -52,6 +58,7 @@ class PPOConfig(TrainerConfig):
     norm_advantages: bool = True  # whiten advantages within each minibatch
     value_hidden: int = 64  # hidden width of the value head MLP; 0 = a linear head
     value_grad_to_policy: bool = False  # let the value loss train the policy's body too (shared features)
+    kl: str = "k1"  # k1 (each sampled token's log-ratio as its reward) | full (exact per-position KL; see module doc)
     target_kl: float = 0.0  # adaptive KL controller's target sequence KL; 0 = α stays fixed
     kl_horizon: int = 10000  # controller horizon, in samples
 
@@ -67,6 +74,7 @@ class PPOConfig(TrainerConfig):
             check(getattr(self, key) >= 0, key, f"{getattr(self, key)} must be ≥ 0")
         check(0 <= self.gamma <= 1, "gamma", f"{self.gamma} is not in [0, 1]")
         check(0 <= self.gae_lambda <= 1, "gae_lambda", f"{self.gae_lambda} is not in [0, 1]")
+        check(self.kl in ("k1", "full"), "kl", f"{self.kl!r} is not one of k1, full")
 
 
 class ValueHead(nn.Module):
@@ -92,17 +100,19 @@ def train(cfg: PPOConfig, policy, reference, task: Task, logger, stage: str, see
     updates = cfg.update_epochs * cfg.num_minibatches
     opt, sched = optimizer_and_schedule([*policy.parameters(), *value_head.parameters()], cfg, updates)
     kl_coef = cfg.alpha
+    full = cfg.kl == "full"
     bar = tqdm(range(cfg.steps), desc=f"{stage} ppo", leave=False)
     for step in bar:
         # ---- rollout: samples, per-token rewards, values and advantages under the sampling policy ----
         rollout, reward = collect(policy, task, cfg, cfg.num_generations, seed, stage, step)  # [B]
         mask = rollout.completion_mask.float()  # [B, C]
         with torch.no_grad():
-            old = score(policy, rollout, hidden=True)
+            old = score(policy, rollout, hidden=True, dist=full)
             values_old = value_head(old.hidden) * mask  # [B, C] V of the prefix before each token
-        logp_ref = reference_logprobs(policy, reference, rollout)  # [B, C]
-        kl_tok = (old.logp - logp_ref) * mask  # [B, C] per-token k1
-        rewards_tok = -kl_coef * kl_tok
+        ref = reference_scores(policy, reference, rollout, dist=full)
+        kl_tok = (full_kl(old.dist, ref.dist) if full else old.logp - ref.logp) * mask  # [B, C]
+        # k1: a token's own log-ratio; full: the next position's KL (this one's is differentiated in the loss)
+        rewards_tok = -kl_coef * (torch.cat([kl_tok[:, 1:], torch.zeros_like(kl_tok[:, :1])], 1) if full else kl_tok)
         last = mask.sum(1).long() - 1  # [B] index of each completion's last token
         rewards_tok[torch.arange(len(reward)), last] += reward
         advantages, returns = gae(rewards_tok, values_old, mask, cfg.gamma, cfg.gae_lambda)  # [B, C] each
@@ -112,7 +122,7 @@ def train(cfg: PPOConfig, policy, reference, task: Task, logger, stage: str, see
         stats = []
         for _ in range(cfg.update_epochs):
             for rows in torch.randperm(len(reward), device=device).chunk(cfg.num_minibatches):
-                new = score(policy, rollout[rows], entropy=True, hidden=True)
+                new = score(policy, rollout[rows], entropy=True, hidden=True, dist=full)
                 m = mask[rows]
                 adv = whiten(advantages[rows], m) if cfg.norm_advantages else advantages[rows]
                 policy_loss, ratio_stats = clipped_policy_loss(new.logp, old.logp[rows], adv, m, cfg.clip)
@@ -120,6 +130,9 @@ def train(cfg: PPOConfig, policy, reference, task: Task, logger, stage: str, see
                 value_loss = clipped_value_loss(value_head(hidden), values_old[rows], returns[rows], m, cfg.value_clip)
                 entropy = masked_mean(new.entropy, m)
                 loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+                if full:  # divided as the advantages were, so the sum stays the objective's gradient
+                    scale = masked_std(advantages[rows], m) + 1e-8 if cfg.norm_advantages else 1.0
+                    loss = loss + kl_coef / scale * masked_mean(full_kl(new.dist, ref.dist[rows]), m)
                 loss.backward()
                 grad_norm = clip_and_step([policy, value_head], opt, sched, cfg)
                 stats.append(torch.stack([loss, policy_loss, value_loss, entropy, *ratio_stats.values()]).detach())

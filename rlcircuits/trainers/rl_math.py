@@ -30,6 +30,29 @@ def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str) -> t
     raise ValueError(f"unknown KL estimator {estimator!r}; valid: k1, k2, k3")
 
 
+def full_kl(dist: torch.Tensor, dist_ref: torch.Tensor) -> torch.Tensor:
+    """KL(π(·|y_<t) ‖ π_ref(·|y_<t)) of each next-token distribution, summed over the vocabulary: ``[B, T]``
+    from log-probabilities ``[B, T, V]``. Exact where k1 is a one-sample estimate of it; differentiable."""
+    return (dist.exp() * (dist - dist_ref)).sum(-1)
+
+
+def kl_returns(reward: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, alpha: float, own: bool) -> torch.Tensor:
+    """Return-to-go of each completion token under E[r] − α·KL, ``[B, T]`` (0 on padding).
+
+    ``reward [B]`` comes at the end; ``kl [B, T]`` is the per-token KL term (no grad needed), ``mask [B, T]``.
+    ``own=True``: G_t = r − α·Σ_{t'≥t} kl_t' — for sampled k1, whose score-function term at t' = t is
+    what differentiates position t's KL. ``own=False``: G_t = r − α·Σ_{t'>t} kl_t' — for ``full_kl``,
+    whose own position is differentiated directly instead (the loss adds α·Σ_t full_kl_t with its grad);
+    full_kl_t depends on y_<t alone, so keeping it in G_t would add noise, not signal.
+    Either way E[Σ_t G_t·∇log π(y_t|y_<t)] (+ that direct term) is ∇(E[r] − α·KL(π‖π_ref)).
+    """
+    kl = kl * mask
+    to_go = kl.flip(-1).cumsum(-1).flip(-1)  # Σ_{t'≥t}
+    if not own:
+        to_go = to_go - kl
+    return (reward[:, None] - alpha * to_go) * mask
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over entries where ``mask`` is 1 (all dims, or along ``dim``)."""
     if dim is None:
@@ -37,14 +60,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Standard deviation (population) of ``x`` over entries where ``mask`` is 1, a scalar."""
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask).sqrt()
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
     """Zero-mean, unit-variance copy of ``x`` (any shape), statistics over entries where ``mask`` is 1;
-    masked-out entries come back 0."""
+    masked-out entries come back 0. Divides by ``masked_std + eps``."""
     if mask is None:
         return (x - x.mean()) / (x.std(unbiased=False) + eps)
-    mean = masked_mean(x, mask)
-    std = masked_mean((x - mean) ** 2, mask).sqrt()
-    return (x - mean) / (std + eps) * mask
+    return (x - masked_mean(x, mask)) / (masked_std(x, mask) + eps) * mask
 
 
 def group_baseline(rewards: torch.Tensor, group_size: int, kind: str) -> torch.Tensor:

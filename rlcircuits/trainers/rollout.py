@@ -100,9 +100,10 @@ class Scores:
     logp: torch.Tensor  # [B, C] log-probability of each sampled token (0 on padding)
     entropy: torch.Tensor | None = None  # [B, C] entropy of the next-token distribution
     hidden: torch.Tensor | None = None  # [B, C, D] final hidden state at the position that predicts each token
+    dist: torch.Tensor | None = None  # [B, C, V] log-probabilities of the whole next-token distribution
 
 
-def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False) -> Scores:
+def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False, dist: bool = False) -> Scores:
     """Score ``rollout``'s completion tokens under ``model`` (with grad unless called under no_grad)."""
     P = rollout.prompt_len
     mask = rollout.attention_mask
@@ -116,6 +117,7 @@ def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False) 
         logp=tok,
         entropy=-(logp.exp() * logp).sum(-1) if entropy else None,
         hidden=out.hidden_states[-1][:, P - 1 : -1] if hidden else None,
+        dist=logp if dist else None,
     )
 
 
@@ -125,19 +127,24 @@ def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_logprobs(policy, reference, rollout: Rollout) -> torch.Tensor:
-    """``token_logprobs`` under the reference policy, ``[B, C]``.
+def reference_scores(policy, reference, rollout: Rollout, dist: bool = False) -> Scores:
+    """``score`` under the reference policy (``dist``: with its whole next-token distributions).
 
     The reference is ``reference`` when given; ``None`` means the policy is a PEFT (LoRA) model whose
     reference is itself with the adapter disabled — no second copy of the weights in memory.
     """
     if reference is not None:
-        return token_logprobs(reference, rollout)
+        return score(reference, rollout, dist=dist)
     if not is_adapter(policy):
         raise ValueError("reference=None needs a PEFT policy (the reference is the policy with its adapter disabled)")
     was_training = policy.training
     policy.eval()
     with policy.disable_adapter():
-        logp = token_logprobs(policy, rollout)
+        scores = score(policy, rollout, dist=dist)
     policy.train(was_training)
-    return logp
+    return scores
+
+
+def reference_logprobs(policy, reference, rollout: Rollout) -> torch.Tensor:
+    """``token_logprobs`` under the reference policy, ``[B, C]`` (see ``reference_scores``)."""
+    return reference_scores(policy, reference, rollout).logp
