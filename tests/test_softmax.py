@@ -56,3 +56,9 @@ def test_attention_equals_sdpa_with_a_kv_cache(pair):
         logits.append(torch.cat(steps, 1))
     torch.testing.assert_close(logits[1], logits[0])
     torch.testing.assert_close(logits[1], pair[0](ids).logits)
+
+
+def test_softmax_backward_is_the_exact_jacobian():
+    x = torch.randn(3, 4, 5, dtype=torch.double, requires_grad=True)
+    x.data[0, 0, 0] = -1e9  # a masked score: clamped in the forward, no gradient through it
+    assert torch.autograd.gradcheck(softmax, (x,))
