@@ -11,7 +11,8 @@ objective, so both are off by default: ``entropy_coef`` adds coef·H(π), and th
 ``kl=full`` uses the exact KL of each position's next-token distribution instead of k1: the next position's
 KL is a token's reward and its own position's KL is a loss term (divided by the advantages' std when they
 are whitened), the same gradient in expectation. Its direct gradient repairs a rarely sampled branch's
-tokens before a deviation is ever drawn, which kept toy_kl's branch B alive where k1 dropped it (README).
+tokens before a deviation is ever drawn: on toy_kl it kept branch B alive on draws where k1 dropped it,
+though not on every base (README).
 
     python run.py experiment=toy_kl trainer=ppo alpha=0.5
 """
