@@ -4,6 +4,8 @@ The KL tests also check the claims the trainers' docstrings rest on: which estim
 gradient of which divergence.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -12,10 +14,12 @@ from rlcircuits.trainers.rl_math import (
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
+    full_kl,
     gae,
     group_advantages,
     group_baseline,
     kl_estimate,
+    kl_returns,
     masked_mean,
     whiten,
 )
@@ -169,8 +173,6 @@ def test_prefix_baseline_is_leave_one_out_among_shared_prefixes():
 
 
 def test_full_kl_is_the_categorical_kl(categoricals):
-    from rlcircuits.trainers.rl_math import full_kl
-
     p, q = categoricals
     exact = torch.distributions.kl_divergence(torch.distributions.Categorical(p), torch.distributions.Categorical(q))
     assert torch.allclose(full_kl(p.log()[None, None], q.log()[None, None]), exact.reshape(1, 1), atol=1e-6)
@@ -178,8 +180,6 @@ def test_full_kl_is_the_categorical_kl(categoricals):
 
 def enumerated_sequences(vocab: int, length: int, eos: int):
     """Every completion of at most ``length`` tokens that stops at ``eos``: ids, mask ``[N, length]``."""
-    import itertools
-
     bits = [v for v in range(vocab) if v != eos]
     rows = [list(body) + [eos] * (length - n) for n in range(length) for body in itertools.product(bits, repeat=n)]
     rows += [list(body) for body in itertools.product(bits, repeat=length)]  # truncated, no <eos>
@@ -198,8 +198,6 @@ def tabular_dists(theta: torch.Tensor, ids: torch.Tensor, keys: dict) -> torch.T
 def test_reinforce_surrogate_gradient_is_the_exact_gradient(kl):
     """Summed over every sequence with its probability as weight, REINFORCE's surrogate (as the trainer builds
     it from kl_returns and full_kl) has exactly the gradient of E[r] − α·KL(π‖π_ref): both KL forms."""
-    from rlcircuits.trainers.rl_math import full_kl, kl_returns
-
     vocab, length, eos, alpha = 3, 3, 2, 0.7
     ids, mask = enumerated_sequences(vocab, length, eos)
     keys = {prefix: i for i, prefix in enumerate({tuple(s[:t]) for s in ids.tolist() for t in range(length)})}

@@ -80,8 +80,9 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
         policy.train()
         new = score(policy, rollout, dist=full)  # log π(y_t | y_<t) [B, C] (, [B, C, V])
         kl_tok = (full_kl(new.dist, ref.dist) if full else new.logp.detach() - ref.logp) * mask  # [B, C]
-        kl = kl_tok.detach().sum(-1)  # [B] sequence KL (exact per position, or its k1 estimate)
-        to_go = kl_returns(reward, kl_tok.detach(), mask, cfg.alpha, own=not full)  # [B, C] G_t
+        penalty = kl_tok.detach()
+        kl = penalty.sum(-1)  # [B] sequence KL (exact per position, or its k1 estimate)
+        to_go = kl_returns(reward, penalty, mask, cfg.alpha, own=not full)  # [B, C] G_t
         if cfg.baseline == "prefix":
             baseline = prefix_baseline(to_go, rollout.sequences[:, rollout.prompt_len:], cfg.num_generations)
         else:
