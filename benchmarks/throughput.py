@@ -28,7 +28,7 @@ from rlcircuits.trainers import TRAINERS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BOUND = 0.03
-SAME_ALGORITHM = {"reinforce": ["trainer.baseline=rloo"]}  # RLOOTrainer's baseline, for both backends
+SAME_ALGORITHM = {"reinforce": ["trainer.baseline=rloo", "trainer.max_kl=0"]}  # what RLOOTrainer runs, on both backends
 
 
 class Silent:

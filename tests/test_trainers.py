@@ -14,6 +14,7 @@ from rlcircuits.models.tokenizer import build_word_tokenizer
 from rlcircuits.registry import ConfigError
 from rlcircuits.tasks.base import Example, Task
 from rlcircuits.trainers import TRAINERS
+from rlcircuits.trainers.common import backtrack
 from rlcircuits.trainers.rollout import sample, token_logprobs
 
 
@@ -74,6 +75,7 @@ CASES = {
     "reinforce-trl": {**RL, "backend": "trl"},
     "reinforce-prefix": {**RL, "baseline": "prefix"},
     "reinforce-full_kl": {**RL, "baseline": "prefix", "kl": "full"},
+    "reinforce-max_kl": {**RL, "baseline": "prefix", "max_kl": 0.02},
     "ppo": {**RL, "num_minibatches": 2, "update_epochs": 2},
     "ppo-full_kl": {**RL, "num_minibatches": 2, "kl": "full"},
     "ppo-adaptive_kl": {**RL, "num_minibatches": 2, "target_kl": 0.01, "kl_horizon": 100, "gae_lambda": 0.9},
@@ -132,6 +134,9 @@ def test_trainer_learns_and_changes_every_parameter(case, task, tiny):
         assert {"train/reward", "train/kl"} <= set(logger.rows[0])
     if "target_kl" in CASES[case]:
         assert len({r["train/kl_coef"] for r in logger.rows}) > 1  # the controller moved α
+    if "max_kl" in CASES[case]:  # the line search ran, and every step kept within its budget
+        assert max(r["train/halvings"] for r in logger.rows) > 0
+        assert max(r["train/step_kl"] for r in logger.rows) <= CASES[case]["max_kl"]
     assert "forward" not in vars(policy)  # no TRL patch left behind
 
 
@@ -149,6 +154,27 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
         assert torch.equal(policy(ids).logits, tiny(ids).logits)
 
 
+def test_backtrack_halves_the_step_until_the_policy_moved_by_at_most_max_kl():
+    """On a categorical policy with the exact KL: the step is halved the fewest times that bring
+    KL(π_before‖π) within the budget, and the parameters end on the segment from before to after."""
+    logits = torch.nn.Parameter(torch.zeros(5))
+    step = torch.tensor([3.0, -1.0, 0.5, 2.0, -2.0])
+    with torch.no_grad():
+        logits += step  # the optimiser's step
+
+    def moved() -> float:  # KL(uniform ‖ softmax(logits))
+        return float(torch.nn.functional.kl_div(logits.detach().log_softmax(-1), torch.full((5,), 0.2), reduction="sum"))
+
+    model = torch.nn.ParameterList([logits])
+    kl, halvings = backtrack(model, [torch.zeros(5)], moved, max_kl=0.01)
+    assert kl <= 0.01 and halvings >= 3
+    torch.testing.assert_close(logits.detach(), step / 2**halvings)
+    with torch.no_grad():
+        logits.copy_(step / 2 ** (halvings - 1))
+    assert moved() > 0.01  # one halving fewer would not have done
+    assert backtrack(model, [torch.zeros(5)], moved, max_kl=10.0) == (pytest.approx(moved()), 0)
+
+
 @pytest.mark.parametrize("name,override,key", [
     ("grpo", "num_generations=1", "trainer.num_generations"),
     ("reinforce", "num_generations=1", "trainer.num_generations"),
@@ -160,6 +186,9 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
     ("grpo", "kl.placement=logits", "trainer.kl.placement"),
     ("sft", "backend=jax", "trainer.backend"),
     ("sft", "beta2=1", "trainer.beta2"),
+    ("sft", "beta1=-0.1", "trainer.beta1"),
+    ("reinforce", "max_kl=-1", "trainer.max_kl"),
+    ("reinforce", "backend=trl baseline=rloo max_kl=0.01", "trainer.max_kl"),
     ("ppo", "backend=trl", "trainer.backend"),
     ("reinforce", "backend=trl baseline=mean", "trainer.baseline"),
     ("reinforce", "kl=k3", "trainer.kl"),

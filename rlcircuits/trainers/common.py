@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,6 +31,7 @@ class TrainerConfig:
     warmup: float = 0.0  # fraction of steps with linear warm-up
     final_lr: float = 0.0  # fraction of peak lr reached at the end (cosine decay)
     weight_decay: float = 0.0
+    beta1: float = 0.9  # AdamW's momentum (lower turns faster where the loss surface turns sharply)
     beta2: float = 0.999  # AdamW's second-moment decay (0.95 adapts the step size faster)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     log_every: int = 10  # steps between metric lines
@@ -42,6 +44,7 @@ class TrainerConfig:
         check(self.lr > 0, "lr", f"{self.lr} must be > 0")
         check(0 <= self.warmup < 1, "warmup", f"{self.warmup} must be a fraction in [0, 1)")
         check(0 <= self.final_lr <= 1, "final_lr", f"{self.final_lr} must be a fraction in [0, 1]")
+        check(0 <= self.beta1 < 1, "beta1", f"{self.beta1} must be in [0, 1)")
         check(0 <= self.beta2 < 1, "beta2", f"{self.beta2} must be in [0, 1)")
         check(self.grad_clip >= 0, "grad_clip", f"{self.grad_clip} must be ≥ 0")
         check(self.eval_every >= 0, "eval_every", f"{self.eval_every} must be ≥ 0")
@@ -54,7 +57,7 @@ def optimizer_and_schedule(params, cfg: TrainerConfig, updates_per_step: int = 1
     """AdamW with linear warm-up then cosine decay to ``final_lr · lr``, over ``steps × updates_per_step``
     optimiser updates (PPO and GRPO take several updates per rollout)."""
     params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay,
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                             fused=True)  # fused: one kernel, not one per tensor
     total = cfg.steps * updates_per_step
     warm = int(cfg.warmup * total)
@@ -81,6 +84,23 @@ def clip_and_step(model, opt, sched, cfg: TrainerConfig) -> float:
     sched.step()
     opt.zero_grad(set_to_none=True)
     return float(norms[0])
+
+
+@torch.no_grad()
+def backtrack(model, before: list[torch.Tensor], moved: Callable[[], float], max_kl: float,
+              tries: int = 10) -> tuple[float, int]:
+    """Halve the update just taken, θ ← (θ + θ_before)/2, until the policy has moved by at most ``max_kl``.
+
+    TRPO's backtracking line search, applied to whatever step the optimiser took. ``before`` holds the
+    trainable parameters (in ``model.parameters()`` order) from before the step; ``moved()`` measures
+    KL(π_before‖π) now. Returns that KL and the number of halvings (at most ``tries``).
+    """
+    kl, halvings = moved(), 0
+    while kl > max_kl and halvings < tries:
+        for p, b in zip([p for p in model.parameters() if p.requires_grad], before):
+            p.lerp_(b, 0.5)
+        kl, halvings = moved(), halvings + 1
+    return kl, halvings
 
 
 def step_seed(seed: int, stage: str, step: int) -> int:

@@ -2,20 +2,27 @@
 
 Each token's reward is its k1 log-ratio −α·(log π(y_t|y_<t) − log π_ref(y_t|y_<t)), plus the task's
 reward r at the end, so a sequence's return is r − α·log(π(y)/π_ref(y)). Each token follows its
-return-to-go G_t = r − α·Σ_{t'≥t} log-ratio_{t'}: the score-function gradient E[Σ_t (G_t − b_t)·∇log π(y_t|y_<t)].
-Dropping the rewards *before* t (causality) and the term E[∇log π] = 0 leave it the true gradient of the
-regularised objective, whose optimum is π*(y) ∝ π_ref(y)·exp(r(y)/α) — the quantity
-``analysis=kl_optimum`` computes exactly. The baseline ``b_t`` comes from the other ``num_generations``
-samples of the same prompt: ``prefix`` (conf/trainer/reinforce.yaml) = the leave-one-out mean of G_t over those that share the
-prefix y_<t (a critic-free value of the prefix), ``rloo`` = leave-one-out over the whole group, ``mean`` =
-the group mean. Without the prefix baseline the bits of one branch are credited with the other branches'
-returns; on toy_kl that noise, through the shared weights, corrupted a deterministic branch and RL then
-dropped it (seed-dependent TV 0.4 at α=1). ``kl=full`` replaces each sampled log-ratio by the exact KL of
+return-to-go G_t = r − α·Σ_{t'≥t} log-ratio_{t'}: the score-function gradient
+E[Σ_t (G_t − b_t)·∇log π(y_t|y_<t)]. Dropping the rewards *before* t (causality) and the term E[∇log π] = 0
+leave it the true gradient of the regularised objective, whose optimum is π*(y) ∝ π_ref(y)·exp(r(y)/α) —
+the quantity ``analysis=kl_optimum`` computes exactly. The baseline ``b_t`` comes from the other
+``num_generations`` samples of the same prompt: ``prefix`` (the conf default) = the leave-one-out mean of
+G_t over those that share the prefix y_<t (a critic-free value of the prefix), ``rloo`` = leave-one-out
+over the whole group, ``mean`` = the group mean. Without the prefix baseline the bits of one branch are
+credited with the other branches' returns. ``kl=full`` replaces each sampled log-ratio by the exact KL of
 that position's next-token distribution: its own position differentiated directly, later positions in
-G_t — the same gradient in expectation (tests/test_rl_math.py checks both against the exact one). It sees a
-rare deviation's probability before one is sampled, but r − α·log(π/π_ref) is the same for every sequence
-at the optimum, so k1 returns lose their variance there and full ones do not. ``backend=trl`` runs
-``trl.RLOOTrainer`` (baseline=rloo and k1 only; sequence-level KL, same objective).
+G_t — the same gradient in expectation (tests/test_rl_math.py checks both against the exact one).
+
+``max_kl`` bounds each step by TRPO's backtracking line search: after the optimiser's step, halve it while
+KL(π_before‖π), estimated on the rollout just drawn from π_before, exceeds ``max_kl`` nats per sequence
+(one more forward pass per try). Why: on toy_kl's 3-wide model a LayerNorm keeps only the direction of its
+centred input, and some contexts reach one with that input at norm ≈ 0.01; an Adam step that carries it
+past zero flips the direction, and with it a whole branch's continuation — exact full-batch Adam, with no
+sampling at all, did it in one step (J 3.25 → 0.43). RL then seldom samples that branch and does not
+repair it. The median step there moves the policy by 1e-5 nats and such steps by 0.1–3, so the bound
+touches only them. The conf's 10 % warm-up is for the same model: Adam's first step moves every weight by
+the full lr whatever the size of its gradient. ``backend=trl`` runs ``trl.RLOOTrainer`` (baseline=rloo,
+k1, no line search; sequence-level KL, same objective).
 
     python run.py experiment=toy_kl trainer=reinforce alpha=0.5
 """
@@ -30,8 +37,15 @@ from tqdm.auto import tqdm
 from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
 from rlcircuits.trainers import TRAINERS, train_with_trl
-from rlcircuits.trainers.common import TrainerConfig, clip_and_step, collect, log_step, optimizer_and_schedule
-from rlcircuits.trainers.rl_math import full_kl, group_baseline, kl_returns, prefix_baseline
+from rlcircuits.trainers.common import (
+    TrainerConfig,
+    backtrack,
+    clip_and_step,
+    collect,
+    log_step,
+    optimizer_and_schedule,
+)
+from rlcircuits.trainers.rl_math import full_kl, group_baseline, kl_estimate, kl_returns, prefix_baseline
 from rlcircuits.trainers.rollout import reference_scores, score
 
 
@@ -42,8 +56,9 @@ class ReinforceConfig(TrainerConfig):
     name: str = "reinforce"
     alpha: float = 0.1  # KL coefficient (the top-level `alpha`)
     num_generations: int = 8  # samples per prompt; the baseline is computed within each prompt's group
-    baseline: str = "rloo"  # rloo (leave-one-out over the group) | prefix (… over samples sharing the prefix; conf default) | mean
+    baseline: str = "rloo"  # rloo (leave-one-out over the group) | prefix (… sharing the prefix; conf default) | mean
     kl: str = "k1"  # k1 (each sampled token's log-ratio) | full (each position's exact KL over the vocabulary)
+    max_kl: float = 0.0  # > 0: halve a step until the policy moved by ≤ this many nats per sequence (0 = off)
 
     def __post_init__(self):
         super().__post_init__()
@@ -57,6 +72,9 @@ class ReinforceConfig(TrainerConfig):
         check(self.kl in ("k1", "full"), "kl", f"{self.kl!r} is not one of k1, full")
         check(self.backend != "trl" or self.kl == "k1", "kl",
               "TRL's RLOOTrainer has only k1: use kl=k1, or backend=native")
+        check(self.max_kl >= 0, "max_kl", f"{self.max_kl} must be ≥ 0 (0 turns the line search off)")
+        check(self.backend != "trl" or self.max_kl == 0, "max_kl",
+              "TRL's RLOOTrainer has no line search: use max_kl=0, or backend=native")
 
 
 @TRAINERS.register("reinforce", schema=ReinforceConfig)
@@ -91,10 +109,17 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
         advantage = (to_go - baseline) * mask  # [B, C]
         loss = (-(advantage * new.logp).sum(-1) + (cfg.alpha * kl_tok.sum(-1) if full else 0)).mean()
         loss.backward()
+        before = [p.detach().clone() for p in policy.parameters() if p.requires_grad] if cfg.max_kl else []
         grad_norm = clip_and_step(policy, opt, sched, cfg)
+        metrics = {"train/reward": reward.mean(), "train/kl": kl.mean(), "train/loss": loss,
+                   "train/objective": (reward - cfg.alpha * kl).mean(), "train/grad_norm": grad_norm,
+                   "train/lr": sched.get_last_lr()[0]}
+        if cfg.max_kl:  # line search: a step may move the policy by ≤ max_kl nats per sequence
+            old = new.logp.detach()
 
-        log_step(logger, bar, {"train/reward": reward.mean(), "train/kl": kl.mean(),
-                               "train/objective": (reward - cfg.alpha * kl).mean(), "train/loss": loss,
-                               "train/grad_norm": grad_norm, "train/lr": sched.get_last_lr()[0]},
-                 step, stage, cfg, policy, task, seed)
+            def moved() -> float:  # KL(π_before‖π) per sequence: k3 on this rollout, which π_before drew
+                return float((kl_estimate(old, score(policy, rollout).logp, "k3") * mask).sum(-1).mean())
+
+            metrics["train/step_kl"], metrics["train/halvings"] = backtrack(policy, before, moved, cfg.max_kl)
+        log_step(logger, bar, metrics, step, stage, cfg, policy, task, seed)
     return policy
