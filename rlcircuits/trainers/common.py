@@ -16,7 +16,8 @@ import torch
 
 from rlcircuits.registry import check
 from rlcircuits.tasks.base import Example, Task
-from rlcircuits.trainers.rollout import sample
+from rlcircuits.trainers.rl_math import kl_estimate
+from rlcircuits.trainers.rollout import Rollout, sample, score
 
 
 @dataclass
@@ -101,6 +102,25 @@ def backtrack(model, before: list[torch.Tensor], moved: Callable[[], float], max
             p.lerp_(b, 0.5)
         kl, halvings = moved(), halvings + 1
     return kl, halvings
+
+
+def step_within_kl(model, opt, sched, cfg: TrainerConfig, rollout: Rollout, logp_before: torch.Tensor,
+                   max_kl: float) -> tuple[float, dict[str, float]]:
+    """``clip_and_step``, then, if ``max_kl`` > 0, ``backtrack`` the policy's part of the step (``model``, or
+    its first module) until KL(π_before‖π) ≤ ``max_kl`` nats per sequence, estimated (k3) on ``rollout``,
+    where π_before gave its tokens ``logp_before [B, C]``. Returns the grad norm and the search's metrics."""
+    policy = model[0] if isinstance(model, list) else model
+    before = [p.detach().clone() for p in policy.parameters() if p.requires_grad] if max_kl else []
+    grad_norm = clip_and_step(model, opt, sched, cfg)
+    if not max_kl:
+        return grad_norm, {}
+    mask = rollout.completion_mask
+
+    def moved() -> float:
+        return float((kl_estimate(logp_before, score(policy, rollout).logp, "k3") * mask).sum(-1).mean())
+
+    kl, halvings = backtrack(policy, before, moved, max_kl)
+    return grad_norm, {"train/step_kl": kl, "train/halvings": halvings}
 
 
 def step_seed(seed: int, stage: str, step: int) -> int:

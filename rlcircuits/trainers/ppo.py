@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
 from rlcircuits.trainers import TRAINERS
-from rlcircuits.trainers.common import TrainerConfig, clip_and_step, collect, log_step, optimizer_and_schedule
+from rlcircuits.trainers.common import TrainerConfig, collect, log_step, optimizer_and_schedule, step_within_kl
 from rlcircuits.trainers.rl_math import (
     adaptive_kl_coef,
     clipped_policy_loss,
@@ -62,6 +62,7 @@ class PPOConfig(TrainerConfig):
     kl: str = "k1"  # k1 (each sampled token's log-ratio as its reward) | full (exact per-position KL; see module doc)
     target_kl: float = 0.0  # adaptive KL controller's target sequence KL; 0 = α stays fixed
     kl_horizon: int = 10000  # controller horizon, in samples
+    max_kl: float = 0.0  # > 0: halve an update that moves the policy by more, in nats per sequence (0 = off)
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,7 +72,7 @@ class PPOConfig(TrainerConfig):
         check(self.batch_size * self.num_generations >= self.num_minibatches, "num_minibatches",
               f"{self.num_minibatches} minibatches of {self.batch_size * self.num_generations} samples leaves some empty")
         check(self.clip > 0, "clip", f"{self.clip} must be > 0")
-        for key in ("value_clip", "value_coef", "entropy_coef", "target_kl", "value_hidden"):
+        for key in ("value_clip", "value_coef", "entropy_coef", "target_kl", "value_hidden", "max_kl"):
             check(getattr(self, key) >= 0, key, f"{getattr(self, key)} must be ≥ 0")
         check(0 <= self.gamma <= 1, "gamma", f"{self.gamma} is not in [0, 1]")
         check(0 <= self.gae_lambda <= 1, "gae_lambda", f"{self.gae_lambda} is not in [0, 1]")
@@ -120,7 +121,7 @@ def train(cfg: PPOConfig, policy, reference, task: Task, logger, stage: str, see
 
         # ---- update: epochs of clipped policy and value steps on shuffled minibatches ----
         policy.train()
-        stats = []
+        stats, searches = [], []
         for _ in range(cfg.update_epochs):
             for rows in torch.randperm(len(reward), device=device).chunk(cfg.num_minibatches):
                 new = score(policy, rollout[rows], entropy=True, hidden=True, dist=full)
@@ -135,8 +136,10 @@ def train(cfg: PPOConfig, policy, reference, task: Task, logger, stage: str, see
                     scale = masked_std(advantages[rows], m) + 1e-8 if cfg.norm_advantages else 1.0
                     loss = loss + kl_coef / scale * masked_mean(full_kl(new.dist, ref.dist[rows]), m)
                 loss.backward()
-                grad_norm = clip_and_step([policy, value_head], opt, sched, cfg)
+                grad_norm, search = step_within_kl([policy, value_head], opt, sched, cfg, rollout[rows],
+                                                   new.logp.detach(), cfg.max_kl)
                 stats.append(torch.stack([loss, policy_loss, value_loss, entropy, *ratio_stats.values()]).detach())
+                searches.append(search)
 
         kl = kl_tok.sum(-1)  # [B] sequence-level k1
         if cfg.target_kl > 0:
@@ -148,5 +151,7 @@ def train(cfg: PPOConfig, policy, reference, task: Task, logger, stage: str, see
             "train/clip_frac": mean[4], "train/approx_kl": mean[5],
             "train/explained_variance": explained_variance(values_old, returns, mask), "train/kl_coef": kl_coef,
             "train/grad_norm": grad_norm, "train/lr": sched.get_last_lr()[0],
+            **({"train/step_kl": max(s["train/step_kl"] for s in searches),  # the largest update's, and all halvings
+                "train/halvings": sum(s["train/halvings"] for s in searches)} if cfg.max_kl else {}),
         }, step, stage, cfg, policy, task, seed)
     return policy

@@ -37,15 +37,8 @@ from tqdm.auto import tqdm
 from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
 from rlcircuits.trainers import TRAINERS, train_with_trl
-from rlcircuits.trainers.common import (
-    TrainerConfig,
-    backtrack,
-    clip_and_step,
-    collect,
-    log_step,
-    optimizer_and_schedule,
-)
-from rlcircuits.trainers.rl_math import full_kl, group_baseline, kl_estimate, kl_returns, prefix_baseline
+from rlcircuits.trainers.common import TrainerConfig, collect, log_step, optimizer_and_schedule, step_within_kl
+from rlcircuits.trainers.rl_math import full_kl, group_baseline, kl_returns, prefix_baseline
 from rlcircuits.trainers.rollout import reference_scores, score
 
 
@@ -109,17 +102,8 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
         advantage = (to_go - baseline) * mask  # [B, C]
         loss = (-(advantage * new.logp).sum(-1) + (cfg.alpha * kl_tok.sum(-1) if full else 0)).mean()
         loss.backward()
-        before = [p.detach().clone() for p in policy.parameters() if p.requires_grad] if cfg.max_kl else []
-        grad_norm = clip_and_step(policy, opt, sched, cfg)
-        metrics = {"train/reward": reward.mean(), "train/kl": kl.mean(), "train/loss": loss,
-                   "train/objective": (reward - cfg.alpha * kl).mean(), "train/grad_norm": grad_norm,
-                   "train/lr": sched.get_last_lr()[0]}
-        if cfg.max_kl:  # line search: a step may move the policy by ≤ max_kl nats per sequence
-            old = new.logp.detach()
-
-            def moved() -> float:  # KL(π_before‖π) per sequence: k3 on this rollout, which π_before drew
-                return float((kl_estimate(old, score(policy, rollout).logp, "k3") * mask).sum(-1).mean())
-
-            metrics["train/step_kl"], metrics["train/halvings"] = backtrack(policy, before, moved, cfg.max_kl)
-        log_step(logger, bar, metrics, step, stage, cfg, policy, task, seed)
+        grad_norm, search = step_within_kl(policy, opt, sched, cfg, rollout, new.logp.detach(), cfg.max_kl)
+        log_step(logger, bar, {"train/reward": reward.mean(), "train/kl": kl.mean(), "train/loss": loss,
+                               "train/objective": (reward - cfg.alpha * kl).mean(), "train/grad_norm": grad_norm,
+                               "train/lr": sched.get_last_lr()[0], **search}, step, stage, cfg, policy, task, seed)
     return policy
