@@ -104,22 +104,24 @@ def backtrack(model, before: list[torch.Tensor], moved: Callable[[], float], max
     return kl, halvings
 
 
+def moved_from(policy, rollout: Rollout, logp_before: torch.Tensor) -> Callable[[], float]:
+    """A function measuring KL(π_before‖π) per sequence now: k3 on ``rollout``, which π_before drew and gave
+    token log-probabilities ``logp_before [B, C]``."""
+    mask = rollout.completion_mask
+    return lambda: float((kl_estimate(logp_before, score(policy, rollout).logp, "k3") * mask).sum(-1).mean())
+
+
 def step_within_kl(model, opt, sched, cfg: TrainerConfig, rollout: Rollout, logp_before: torch.Tensor,
                    max_kl: float) -> tuple[float, dict[str, float]]:
     """``clip_and_step``, then, if ``max_kl`` > 0, ``backtrack`` the policy's part of the step (``model``, or
-    its first module) until KL(π_before‖π) ≤ ``max_kl`` nats per sequence, estimated (k3) on ``rollout``,
-    where π_before gave its tokens ``logp_before [B, C]``. Returns the grad norm and the search's metrics."""
+    its first module) until it moved by ≤ ``max_kl`` nats per sequence (``moved_from`` ``rollout``).
+    Returns the grad norm and the search's metrics."""
     policy = model[0] if isinstance(model, list) else model
     before = [p.detach().clone() for p in policy.parameters() if p.requires_grad] if max_kl else []
     grad_norm = clip_and_step(model, opt, sched, cfg)
     if not max_kl:
         return grad_norm, {}
-    mask = rollout.completion_mask
-
-    def moved() -> float:
-        return float((kl_estimate(logp_before, score(policy, rollout).logp, "k3") * mask).sum(-1).mean())
-
-    kl, halvings = backtrack(policy, before, moved, max_kl)
+    kl, halvings = backtrack(policy, before, moved_from(policy, rollout, logp_before), max_kl)
     return grad_norm, {"train/step_kl": kl, "train/halvings": halvings}
 
 

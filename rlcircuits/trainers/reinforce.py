@@ -21,8 +21,8 @@ past zero flips the direction, and with it a whole branch's continuation — exa
 sampling at all, did it in one step (J 3.25 → 0.43). RL then seldom samples that branch and does not
 repair it. The median step there moves the policy by 1e-5 nats and such steps by 0.1–3, so the bound
 touches only them. The conf's 10 % warm-up is for the same model: Adam's first step moves every weight by
-the full lr whatever the size of its gradient. ``backend=trl`` runs ``trl.RLOOTrainer`` (baseline=rloo,
-k1, no line search; sequence-level KL, same objective).
+the full lr whatever the size of its gradient. ``backend=trl`` runs ``trl.RLOOTrainer`` (baseline=rloo
+and k1 only; sequence-level KL, same objective), with the line search as a callback (``trl_backend.py``).
 
     python run.py experiment=toy_kl trainer=reinforce alpha=0.5
 """
@@ -66,8 +66,6 @@ class ReinforceConfig(TrainerConfig):
         check(self.backend != "trl" or self.kl == "k1", "kl",
               "TRL's RLOOTrainer has only k1: use kl=k1, or backend=native")
         check(self.max_kl >= 0, "max_kl", f"{self.max_kl} must be ≥ 0 (0 turns the line search off)")
-        check(self.backend != "trl" or self.max_kl == 0, "max_kl",
-              "TRL's RLOOTrainer has no line search: use max_kl=0, or backend=native")
 
 
 @TRAINERS.register("reinforce", schema=ReinforceConfig)

@@ -26,13 +26,23 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
 from rlcircuits.models.hf import is_adapter
 from rlcircuits.tasks.base import Example, Task
-from rlcircuits.trainers.common import TrainerConfig, log_step, optimizer_and_schedule, step_seed
+from rlcircuits.trainers.common import (
+    TrainerConfig,
+    backtrack,
+    log_step,
+    moved_from,
+    optimizer_and_schedule,
+    repeat,
+    step_seed,
+)
+from rlcircuits.trainers.rollout import sample, token_logprobs
 
 METRICS = {  # TRL log key → our metric name
     "reward": "train/reward",
@@ -73,10 +83,12 @@ def train(cfg: TrainerConfig, policy, reference, task: Task, logger, stage: str,
             else:
                 args = trl.RLOOConfig(**common, **rl)
             kwargs = {"train_dataset": prompt_dataset(examples, task.tokenizer), "reward_funcs": task_reward(task, examples)}
+        search = LineSearch(cfg, policy, task, stage, seed) if getattr(cfg, "max_kl", 0) else None
+        callbacks = [ForwardMetrics(cfg, policy, task, logger, stage, seed, updates, search), *filter(None, [search])]
         trainer = getattr(trl, cfg.trl_trainer)(
             model=policy, args=args, processing_class=task.tokenizer,
             optimizers=optimizer_and_schedule(policy.parameters(), cfg, updates),
-            callbacks=[ForwardMetrics(cfg, policy, task, logger, stage, seed, updates)], **kwargs,
+            callbacks=callbacks, **kwargs,
         )
         trainer.remove_callback(PrinterCallback)  # our logger has the metrics
         if is_adapter(policy) and "ref" in policy.peft_config:
@@ -144,9 +156,10 @@ def unpatch(policy) -> None:
 class ForwardMetrics(TrainerCallback):
     """Forward TRL's per-step logs to our logger under our names and step numbers, with our progress bar."""
 
-    def __init__(self, cfg: TrainerConfig, policy, task: Task, logger, stage: str, seed: int, updates: int):
+    def __init__(self, cfg: TrainerConfig, policy, task: Task, logger, stage: str, seed: int, updates: int,
+                 search: LineSearch | None = None):
         self.cfg, self.policy, self.task, self.logger, self.stage, self.seed = cfg, policy, task, logger, stage, seed
-        self.updates = updates
+        self.updates, self.search = updates, search
         self.bar = tqdm(total=cfg.steps, desc=f"{stage} {cfg.name} (trl)", leave=False)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -156,8 +169,34 @@ class ForwardMetrics(TrainerCallback):
         metrics = {ours: logs[theirs] for theirs, ours in METRICS.items() if logs.get(theirs) is not None}
         if logs.get("kl") is not None:
             metrics["train/kl"] = logs["kl"] * logs["completions/mean_length"]
+        if self.search:
+            metrics |= self.search.metrics
         log_step(self.logger, self.bar, metrics, step, self.stage, self.cfg, self.policy, self.task, self.seed)
         self.bar.update(1)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.bar.close()
+
+
+class LineSearch(TrainerCallback):
+    """``max_kl`` under TRL, which has no line search: around each optimiser step, ``backtrack`` until the
+    policy moved by ≤ ``max_kl`` nats per sequence, as the native loops do. TRL does not hand its rollout to
+    callbacks, so this draws its own from π_before on the step's prompts (one more sampling and two more
+    scorings per step)."""
+
+    def __init__(self, cfg: TrainerConfig, policy, task: Task, stage: str, seed: int):
+        self.cfg, self.policy, self.task, self.stage, self.seed = cfg, policy, task, stage, seed
+        self.metrics: dict[str, float] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        prompts = self.task.examples("train", self.cfg.batch_size, step_seed(self.seed, self.stage, state.global_step))
+        self.rollout = sample(self.policy, repeat(prompts, self.cfg.num_generations), self.task.tokenizer,
+                              self.task.max_new_tokens)
+        with torch.no_grad():
+            self.logp = token_logprobs(self.policy, self.rollout)
+        self.before = [p.detach().clone() for p in self.policy.parameters() if p.requires_grad]
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        kl, halvings = backtrack(self.policy, self.before, moved_from(self.policy, self.rollout, self.logp),
+                                 self.cfg.max_kl)
+        self.metrics = {"train/step_kl": kl, "train/halvings": halvings}
