@@ -16,6 +16,7 @@ from rlcircuits.tasks.base import Example, Task
 from rlcircuits.trainers import TRAINERS
 from rlcircuits.trainers.common import backtrack
 from rlcircuits.trainers.rollout import sample, token_logprobs
+from rlcircuits.trainers.sft import collate
 
 
 class OnesTask(Task):
@@ -154,6 +155,13 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
     ids = torch.tensor([[task.tokenizer.bos_token_id, task.one, task.one]])
     with torch.no_grad(), policy.eval().disable_adapter():  # the reference: the untouched base, no copy needed
         assert torch.equal(policy(ids).logits, tiny(ids).logits)
+
+
+def test_collate_pads_right_and_labels_only_the_completion():
+    batch = collate([Example([1], [5, 6]), Example([1, 2, 3], [7])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 0], [1, 2, 3, 7]]
+    assert batch["labels"].tolist() == [[-100, 5, 6, -100], [-100, -100, -100, 7]]
+    assert batch["attention_mask"].tolist() == [[True, True, True, False], [True, True, True, True]]
 
 
 def test_backtrack_halves_the_step_until_the_policy_moved_by_at_most_max_kl():

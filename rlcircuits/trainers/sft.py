@@ -27,15 +27,17 @@ class SFTConfig(TrainerConfig):
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 off the completion), ``[B, T]``."""
-    width = max(len(e.prompt) + len(e.completion) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    for i, e in enumerate(examples):
-        seq = e.prompt + e.completion
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(e.prompt) : len(seq)] = torch.tensor(e.completion)
-    return {"input_ids": ids, "attention_mask": (labels != -100) | (ids != pad_id), "labels": labels}
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 off the completion), ``[B, T]``.
+
+    Three tensors built from lists, not two per example: on toy_kl's 2,000 batches of 256 the per-example
+    version took seconds of the run."""
+    seqs = [e.prompt + e.completion for e in examples]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs])  # [B, T]
+    start, end = (torch.tensor(x)[:, None] for x in ([len(e.prompt) for e in examples], list(map(len, seqs))))
+    col = torch.arange(width)  # [T]
+    return {"input_ids": ids, "attention_mask": col < end,
+            "labels": ids.masked_fill((col < start) | (col >= end), -100)}
 
 
 @TRAINERS.register("sft", schema=SFTConfig)
