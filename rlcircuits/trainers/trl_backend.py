@@ -17,7 +17,8 @@ per token to the loss (our ``grpo`` defaults). TRL 1.16's GRPO multiplies that k
 by default (``use_bias_correction_kl``), which turns its gradient into the per-token one of KL(π‖π_ref) —
 what our ``kl.estimator=k2`` in the loss does — and moved toy_kl's policy far from both (TV 0.31 to the
 optimum at α = 0.5, against 0.18 without): we switch it off, so both backends run the same recipe.
-The data order is ours (one batch per step, no shuffling).
+The data order is ours (one batch per step, no shuffling). ``max_kl`` (reinforce's line search), which TRL
+lacks, runs as a callback around TRL's optimiser step (``LineSearch``).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def train(cfg: TrainerConfig, policy, reference, task: Task, logger, stage: str,
                 args = trl.RLOOConfig(**common, **rl)
             kwargs = {"train_dataset": prompt_dataset(examples, task.tokenizer), "reward_funcs": task_reward(task, examples)}
         search = LineSearch(cfg, policy, task, stage, seed) if getattr(cfg, "max_kl", 0) else None
-        callbacks = [ForwardMetrics(cfg, policy, task, logger, stage, seed, updates, search), *filter(None, [search])]
+        callbacks = [ForwardMetrics(cfg, policy, task, logger, stage, seed, updates, search)] + ([search] if search else [])
         trainer = getattr(trl, cfg.trl_trainer)(
             model=policy, args=args, processing_class=task.tokenizer,
             optimizers=optimizer_and_schedule(policy.parameters(), cfg, updates),
