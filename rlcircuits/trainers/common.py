@@ -90,11 +90,12 @@ def clip_and_step(model, opt, sched, cfg: TrainerConfig) -> float:
 @torch.no_grad()
 def backtrack(model, before: list[torch.Tensor], moved: Callable[[], float], max_kl: float,
               tries: int = 10) -> tuple[float, int]:
-    """Halve the update just taken, θ ← (θ + θ_before)/2, until the policy has moved by at most ``max_kl``.
+    """Halve the update just taken, θ ← (θ + θ_before)/2, until ``moved()`` ≤ ``max_kl``.
 
     TRPO's backtracking line search, applied to whatever step the optimiser took. ``before`` holds the
-    trainable parameters (in ``model.parameters()`` order) from before the step; ``moved()`` measures
-    KL(π_before‖π) now. Returns that KL and the number of halvings (at most ``tries``).
+    trainable parameters (in ``model.parameters()`` order) from before the step; ``moved()`` measures how
+    far, in KL, the policy now is from the one that drew the data. Returns that KL and the number of
+    halvings (at most ``tries``).
     """
     kl, halvings = moved(), 0
     while kl > max_kl and halvings < tries:
@@ -105,8 +106,8 @@ def backtrack(model, before: list[torch.Tensor], moved: Callable[[], float], max
 
 
 def moved_from(policy, rollout: Rollout, logp_before: torch.Tensor) -> Callable[[], float]:
-    """A function measuring KL(π_before‖π) per sequence now: k3 on ``rollout``, which π_before drew and gave
-    token log-probabilities ``logp_before [B, C]``."""
+    """A function measuring KL(π_0‖π) per sequence, π being ``policy`` as it is when called: k3 on
+    ``rollout``, which π_0 drew and gave token log-probabilities ``logp_before [B, C]``."""
     mask = rollout.completion_mask
     return lambda: float((kl_estimate(logp_before, score(policy, rollout).logp, "k3") * mask).sum(-1).mean())
 
@@ -114,8 +115,8 @@ def moved_from(policy, rollout: Rollout, logp_before: torch.Tensor) -> Callable[
 def step_within_kl(model, opt, sched, cfg: TrainerConfig, rollout: Rollout, logp_before: torch.Tensor,
                    max_kl: float) -> tuple[float, dict[str, float]]:
     """``clip_and_step``, then, if ``max_kl`` > 0, ``backtrack`` the policy's part of the step (``model``, or
-    its first module) until it moved by ≤ ``max_kl`` nats per sequence (``moved_from`` ``rollout``).
-    Returns the grad norm and the search's metrics."""
+    its first module) until the policy is within ``max_kl`` nats per sequence of the one that drew
+    ``rollout`` (``moved_from``). Returns the grad norm and the search's metrics."""
     policy = model[0] if isinstance(model, list) else model
     before = [p.detach().clone() for p in policy.parameters() if p.requires_grad] if max_kl else []
     grad_norm = clip_and_step(model, opt, sched, cfg)

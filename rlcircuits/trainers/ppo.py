@@ -11,8 +11,12 @@ objective, so both are off by default: ``entropy_coef`` adds coef·H(π), and th
 ``kl=full`` uses the exact KL of each position's next-token distribution instead of k1: the next position's
 KL is a token's reward and its own position's KL is a loss term (divided by the advantages' std when they
 are whitened), the same gradient in expectation. Its direct gradient repairs a rarely sampled branch's
-tokens before a deviation is ever drawn: on toy_kl it kept branch B alive on draws where k1 dropped it,
-though not on every base (README).
+tokens before a deviation is ever drawn: on toy_kl it kept branch B alive on draws where k1 dropped it.
+``max_kl`` (conf: 0.02) halves any update that moves the policy by more than that, in nats per sequence on
+its minibatch (drawn by the rollout's policy, a few updates back: an estimate) — a bound the clipped ratio
+does not give, since one step on a knife-edge weight can flip a whole context's distribution
+(``common.step_within_kl``; README, *Acceptance*). It bounds each update, not the 16 of a rollout together:
+bounding the distance from the rollout's policy instead did not save the one k1 draw that drifted (README).
 
     python run.py experiment=toy_kl trainer=ppo alpha=0.5
 """
