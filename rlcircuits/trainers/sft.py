@@ -34,7 +34,8 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     seqs = [e.prompt + e.completion for e in examples]
     width = max(map(len, seqs))
     ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs])  # [B, T]
-    start, end = (torch.tensor(x)[:, None] for x in ([len(e.prompt) for e in examples], list(map(len, seqs))))
+    start = torch.tensor([len(e.prompt) for e in examples])[:, None]  # [B, 1] first completion column
+    end = torch.tensor([len(s) for s in seqs])[:, None]  # [B, 1] first padding column
     col = torch.arange(width)  # [T]
     return {"input_ids": ids, "attention_mask": col < end,
             "labels": ids.masked_fill((col < start) | (col >= end), -100)}
