@@ -72,6 +72,11 @@ def optimizer_and_schedule(params, cfg: TrainerConfig, updates_per_step: int = 1
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def trainable(model) -> list[torch.Tensor]:
+    """``model``'s parameters that the optimiser updates (all of them, or only the adapter's under LoRA)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def clip_and_step(model, opt, sched, cfg: TrainerConfig) -> float:
     """Clip gradients, step optimiser and schedule; returns the first module's pre-clip grad norm.
 
@@ -79,7 +84,7 @@ def clip_and_step(model, opt, sched, cfg: TrainerConfig) -> float:
     gradient is clipped on its own, so one never rescales the other's step.
     """
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    norms = [torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], max_norm)
+    norms = [torch.nn.utils.clip_grad_norm_(trainable(m), max_norm)
              for m in (model if isinstance(model, list) else [model])]
     opt.step()
     sched.step()
@@ -93,13 +98,12 @@ def backtrack(model, before: list[torch.Tensor], moved: Callable[[], float], max
     """Halve the update just taken, θ ← (θ + θ_before)/2, until ``moved()`` ≤ ``max_kl``.
 
     TRPO's backtracking line search, applied to whatever step the optimiser took. ``before`` holds the
-    trainable parameters (in ``model.parameters()`` order) from before the step; ``moved()`` measures how
-    far, in KL, the policy now is from the one that drew the data. Returns that KL and the number of
-    halvings (at most ``tries``).
+    ``trainable`` parameters from before the step; ``moved()`` measures how far, in KL, the policy now is
+    from the one that drew the data. Returns that KL and the number of halvings (at most ``tries``).
     """
     kl, halvings = moved(), 0
     while kl > max_kl and halvings < tries:
-        for p, b in zip([p for p in model.parameters() if p.requires_grad], before):
+        for p, b in zip(trainable(model), before):
             p.lerp_(b, 0.5)
         kl, halvings = moved(), halvings + 1
     return kl, halvings
@@ -118,7 +122,7 @@ def step_within_kl(model, opt, sched, cfg: TrainerConfig, rollout: Rollout, logp
     its first module) until the policy is within ``max_kl`` nats per sequence of the one that drew
     ``rollout`` (``moved_from``). Returns the grad norm and the search's metrics."""
     policy = model[0] if isinstance(model, list) else model
-    before = [p.detach().clone() for p in policy.parameters() if p.requires_grad] if max_kl else []
+    before = [p.detach().clone() for p in trainable(policy)] if max_kl else []
     grad_norm = clip_and_step(model, opt, sched, cfg)
     if not max_kl:
         return grad_norm, {}

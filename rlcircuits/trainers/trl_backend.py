@@ -42,6 +42,7 @@ from rlcircuits.trainers.common import (
     optimizer_and_schedule,
     repeat,
     step_seed,
+    trainable,
 )
 from rlcircuits.trainers.rollout import sample, token_logprobs
 
@@ -195,7 +196,7 @@ class LineSearch(TrainerCallback):
                               self.task.max_new_tokens)
         with torch.no_grad():
             self.logp = token_logprobs(self.policy, self.rollout)
-        self.before = [p.detach().clone() for p in self.policy.parameters() if p.requires_grad]
+        self.before = [p.detach().clone() for p in trainable(self.policy)]
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         kl, halvings = backtrack(self.policy, self.before, moved_from(self.policy, self.rollout, self.logp),
