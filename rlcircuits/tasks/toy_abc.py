@@ -97,7 +97,7 @@ class ToyABC(Task):
         coins = rng.random((n, self.cfg.n_bits))  # [n, n_bits]
         zero, one = self._id("0"), self._id("1")
         rows = np.empty((n, 1 + self.cfg.n_bits), dtype=np.int64)
-        rows[:, 0] = [self._id(self.branches[i]) for i in which]
+        rows[:, 0] = np.array([self._id(b) for b in self.branches])[which]
         for i, name in enumerate(self.branches):
             b, mask = self.cfg.branches[name], which == i
             if b.pattern == "random":
