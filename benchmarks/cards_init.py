@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from threadpoolctl import threadpool_limits
 
+from rlcircuits.logging import NullLogger
 from rlcircuits.models import MODELS
 from rlcircuits.pipeline import build_spec, seed_everything
 from rlcircuits.tasks import TASKS
@@ -22,11 +23,6 @@ from rlcircuits.trainers import TRAINERS
 from rlcircuits.trainers.common import accuracy
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-class Silent:
-    def log(self, metrics: dict, step: int, stage: str) -> None:
-        pass
 
 
 def main(overrides: list[str]) -> float:
@@ -38,7 +34,7 @@ def main(overrides: list[str]) -> float:
     task = TASKS.get(spec.task.name).fn(spec.task)
     model = MODELS.get(spec.model.name).fn(spec.model, task)
     start = time.perf_counter()
-    TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, model, None, task, Silent(), "base", spec.run.seed)
+    TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, model, None, task, NullLogger(), "base", spec.run.seed)
     wall = time.perf_counter() - start
     acc = accuracy(model.eval(), task, "test", 600, spec.run.seed)
     print(f"init training wall time: {wall:.0f} s ({spec.base_trainer.steps} steps × batch {spec.base_trainer.batch_size})")

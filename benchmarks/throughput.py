@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from rlcircuits.analysis.kl_optimum import exact_optimum, sampled_shares, total_variation
+from rlcircuits.logging import NullLogger
 from rlcircuits.models import MODELS
 from rlcircuits.pipeline import build_spec
 from rlcircuits.tasks import TASKS
@@ -29,11 +30,6 @@ from rlcircuits.trainers import TRAINERS
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BOUND = 0.03
 SAME_ALGORITHM = {"reinforce": ["trainer.baseline=rloo", "trainer.max_kl=0"]}  # what RLOOTrainer runs, on both backends
-
-
-class Silent:
-    def log(self, metrics: dict, step: int, stage: str) -> None:
-        pass
 
 
 class Clock:
@@ -78,7 +74,7 @@ def main():
     torch.manual_seed(args.seed)
     base = MODELS.get(spec.model.name).fn(spec.model, task)
     t = time.perf_counter()
-    TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, base, None, task, Silent(), "base", args.seed)
+    TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, base, None, task, NullLogger(), "base", args.seed)
     print(f"base: {spec.base_trainer.steps} SFT steps in {time.perf_counter() - t:.1f} s")
     base.eval().requires_grad_(False)
     optimal = exact_optimum(base, task, args.alpha)[0]

@@ -22,55 +22,10 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from rlcircuits.analysis.kl_optimum import total_variation
-from rlcircuits.models.softmax import log_softmax
+from rlcircuits.analysis.kl_optimum import ExactObjective, sequence_logprobs
 from rlcircuits.pipeline import build_spec, load_results
 from rlcircuits.tasks import TASKS
 from rlcircuits.tasks.toy_abc import MALFORMED
-
-
-def sequence_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
-    """log π(y | <bos>) of each row of ``ids [N, T]``, with grad, ``[N]``."""
-    logp = log_softmax(model(ids).logits[:, :-1].double())
-    return logp.gather(-1, ids[:, 1:, None]).squeeze(-1).sum(-1)
-
-
-class ExactObjective:
-    """J over the well-formed sequences and one lumped malformed outcome M (reward ``invalid_reward``).
-
-    Lumping drops only the KL inside M, whose mass is ~1e-3 for a trained base (printed).
-    """
-
-    def __init__(self, task, base, alpha: float):
-        self.ids, branches, rewards = task.well_formed()
-        self.alpha, self.names = alpha, list(task.branches)
-        self.branch = torch.tensor([self.names.index(b) for b in branches])
-        self.r, self.r_m = torch.tensor(rewards, dtype=torch.double), float(task.cfg.invalid_reward)
-        with torch.no_grad():
-            self.lb = sequence_logprobs(copy.deepcopy(base).double(), self.ids)  # [N] log π_base
-        self.m_base = max(float(1 - self.lb.exp().sum()), 1e-300)
-        log_z = torch.logsumexp(torch.cat([self.lb + self.r / alpha,
-                                           torch.tensor([math.log(self.m_base) + self.r_m / alpha])]), 0)
-        self.j_star = float(alpha * log_z)
-        self.optimum = self.shares(self.lb + self.r / alpha - log_z)
-
-    def value(self, lp: torch.Tensor) -> torch.Tensor:
-        p = lp.exp()
-        m = (1 - p.sum()).clamp(min=1e-300)
-        return ((p * (self.r - self.alpha * (lp - self.lb))).sum()
-                + m * (self.r_m - self.alpha * (m.log() - math.log(self.m_base))))
-
-    def shares(self, lp: torch.Tensor) -> dict[str, float]:
-        s = torch.zeros(len(self.names), dtype=torch.double).index_add_(0, self.branch, lp.detach().exp())
-        out = dict(zip(self.names, s.tolist()))
-        return out | {MALFORMED: max(0.0, 1 - sum(out.values()))}
-
-    def report(self, model) -> dict:
-        with torch.no_grad():
-            lp = sequence_logprobs(model, self.ids)
-        j = float(self.value(lp))
-        return {"J": j, "KL": (self.j_star - j) / self.alpha, "tv": total_variation(self.shares(lp), self.optimum),
-                "shares": self.shares(lp)}
 
 
 def maximise(obj: ExactObjective, init, steps: int, lr: float):
@@ -123,14 +78,15 @@ def main():
     alpha = spec.arms["policy"].alpha
     obj = ExactObjective(task, base, alpha)
     names = [*task.branches, MALFORMED]
+    optimum = obj.shares(obj.log_optimum)
     print(f"{task.cfg.reward} α={alpha:g}: J* = {obj.j_star:.5f}, optimum shares "
-          + "/".join(f"{obj.optimum[n]:.4f}" for n in names) + f", base malformed mass {obj.m_base:.1e}")
+          + "/".join(f"{optimum[n]:.4f}" for n in names) + f", base malformed mass {obj.m_base:.1e}")
     rows = {"RL policy": policy}
     for label, init in (("base", base), ("RL policy", policy)):
         rows[f"in-class from {label}"] = maximise(obj, init, args.steps, args.lr)
     for label, model in rows.items():
-        rep = obj.report(copy.deepcopy(model).double())
-        print(f"{label:<24} J = {rep['J']:.5f}  KL(π‖π*) = {rep['KL']:.5f}  TV = {rep['tv']:.4f}  shares "
+        rep = obj.report(model)
+        print(f"{label:<24} J = {rep['J']:.5f}  KL(π‖π*) = {rep['kl_optimum']:.5f}  TV = {rep['tv']:.4f}  shares "
               + "/".join(f"{rep['shares'][n]:.4f}" for n in names))
 
 

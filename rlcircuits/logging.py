@@ -71,6 +71,13 @@ class MetricsLogger:
             self._wandb.finish()
 
 
+class NullLogger:
+    """Drops every metric: for scripts that train without a run folder (the benchmarks)."""
+
+    def log(self, metrics: dict[str, Any], step: int, stage: str) -> None:
+        pass
+
+
 def _scalar(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 

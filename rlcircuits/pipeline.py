@@ -179,9 +179,9 @@ def run(cfg: DictConfig) -> float | None:
     return results.get(spec.run.headline) if spec.run.headline else None
 
 
-def train_models(spec: Spec, task, logger, out: Path, device: torch.device) -> dict[str, Path]:
-    """Make the base, then each arm from a copy of it; returns checkpoint folders by name."""
-    tok = task.tokenizer
+def make_base(spec: Spec, task, logger, device: torch.device):
+    """The base model: loaded from ``base.checkpoint`` or built from ``model``, then trained by ``base.trainer``
+    if one is set."""
     if spec.base_checkpoint is not None:
         base = AutoModelForCausalLM.from_pretrained(spec.base_checkpoint)
     else:
@@ -189,6 +189,13 @@ def train_models(spec: Spec, task, logger, out: Path, device: torch.device) -> d
     base.to(device)
     if spec.base_trainer is not None:
         TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, base, None, task, logger, "base", spec.run.seed)
+    return base
+
+
+def train_models(spec: Spec, task, logger, out: Path, device: torch.device) -> dict[str, Path]:
+    """Make the base, then each arm from a copy of it; returns checkpoint folders by name."""
+    tok = task.tokenizer
+    base = make_base(spec, task, logger, device)
     checkpoints = {"base": save_checkpoint(base, tok, out / "checkpoints" / "base")}
     base.eval().requires_grad_(False)
     lora = getattr(spec.model, "lora", None)

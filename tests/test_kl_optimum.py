@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from rlcircuits.analysis.kl_optimum import closed_form, exact_optimum, total_variation
+from rlcircuits.analysis.kl_optimum import ExactObjective, closed_form, exact_optimum, sequence_logprobs, total_variation
 from rlcircuits.tasks.bit_rewards import ADDITIVE
 from rlcircuits.tasks.toy_abc import MALFORMED, ToyABC
 
@@ -44,6 +44,26 @@ def test_enumeration_matches_brute_force(reward, alpha, make_toy):
     assert outside > 0.1  # a random model puts real mass on malformed sequences: that path is exercised
     for k in brute:
         assert enumerated[k] == pytest.approx(brute[k], abs=1e-5)
+
+
+def test_exact_objective_peaks_at_the_optimum_and_its_gap_is_alpha_times_kl(make_toy):
+    """J(π*) = J*, J* − J(π) = α·KL(π‖π*) over the well-formed sequences and the lumped malformed outcome,
+    J(base) = E_base[r], and π*'s shares are those ``exact_optimum`` enumerates separately."""
+    task = make_toy(n_bits=2, reward="palindrome", invalid_reward=0.5)
+    base, other, alpha = random_model(task, 0), random_model(task, 1), 0.7
+    obj = ExactObjective(task, base, alpha)
+    enumerated, _, _ = exact_optimum(base, task, alpha)
+    for k, v in obj.shares(obj.log_optimum).items():
+        assert v == pytest.approx(enumerated[k], abs=1e-5)
+    assert float(obj.value(obj.log_optimum)) == pytest.approx(obj.j_star, rel=1e-7)
+    with torch.no_grad():
+        lp = sequence_logprobs(random_model(task, 1).double(), obj.ids)
+    m, m_star = 1 - lp.exp().sum(), 1 - obj.log_optimum.exp().sum()
+    kl = (lp.exp() * (lp - obj.log_optimum)).sum() + m * (m / m_star).log()  # KL(π‖π*), N + 1 outcomes
+    report = obj.report(other)
+    assert report["kl_optimum"] == pytest.approx(float(kl), rel=1e-6) and float(kl) > 0.01
+    assert report["J"] == pytest.approx(report["reward"] - alpha * report["kl_base"])
+    assert obj.report(base)["kl_base"] == pytest.approx(0, abs=1e-9)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])

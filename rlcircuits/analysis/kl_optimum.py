@@ -15,6 +15,7 @@ distributions (the malformed share counted as one more outcome).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -51,12 +52,13 @@ class KLOptimumConfig:
               f"not {task_cls.__name__}")
 
 
-@torch.no_grad()
 def sequence_logprobs(model, ids: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """log p(ids[:, 1:] | ids[:, :1]) for each row of ``ids [N, T]`` (row starts with <bos>), ``[N]``."""
+    """log p(ids[:, 1:] | ids[:, :1]) for each row of ``ids [N, T]`` (row starts with <bos>), ``[N]``; in
+    float64 for a float64 model, float32 otherwise; differentiable unless called under no_grad."""
     out = []
     for chunk in ids.split(batch_size):
-        logp = log_softmax(model(chunk).logits[:, :-1].float())  # [n, T-1, V]
+        logits = model(chunk).logits[:, :-1]
+        logp = log_softmax(logits if logits.dtype == torch.double else logits.float())  # [n, T-1, V]
         out.append(logp.gather(-1, chunk[:, 1:, None]).squeeze(-1).sum(-1))
     return torch.cat(out)
 
@@ -86,7 +88,8 @@ def exact_optimum(base, task: ToyABC, alpha: float, batch_size: int = 4096) -> t
     malformed sequences, and its exact excess loss KL(data‖base) in nats per sequence (0 for a perfect
     base)."""
     ids, branches, rewards = task.well_formed()
-    logp = sequence_logprobs(base, ids.to(next(base.parameters()).device), batch_size).cpu().double()
+    with torch.no_grad():
+        logp = sequence_logprobs(base, ids.to(next(base.parameters()).device), batch_size).cpu().double()
     outside = max(0.0, 1.0 - float(torch.exp(torch.logsumexp(logp, 0))))
     marg = tilted_branch_marginals(logp, torch.tensor(rewards), branches, task.branches, alpha,
                                    outside, task.cfg.invalid_reward)
@@ -95,6 +98,52 @@ def exact_optimum(base, task: ToyABC, alpha: float, batch_size: int = 4096) -> t
     seen = p_data > 0
     excess = float((p_data[seen] * (p_data[seen].log() - logp[seen])).sum())
     return marg, outside, excess
+
+
+class ExactObjective:
+    """J(π) = E_π[r] − α·KL(π‖π_base), exactly: in float64, summed over every well-formed sequence plus one
+    lumped malformed outcome M (reward ``invalid_reward``) — the objective RL estimates from samples.
+
+    Its maximum is J* = α·log Z, at π*, and J* − J(π) = α·KL(π‖π*), so J measures the distance to the
+    optimum, up to the KL inside M (mass ~1e-3 for a trained base). The benchmarks use it to trace RL
+    along training and to maximise J within the architecture.
+    """
+
+    def __init__(self, task: ToyABC, base, alpha: float):
+        self.ids, branches, rewards = task.well_formed()  # [N, T]
+        self.alpha, self.names = alpha, list(task.branches)
+        self.branch = torch.tensor([self.names.index(b) for b in branches])  # [N]
+        self.r, self.r_m = torch.tensor(rewards, dtype=torch.double), float(task.cfg.invalid_reward)
+        with torch.no_grad():
+            self.lb = sequence_logprobs(copy.deepcopy(base).cpu().double(), self.ids)  # [N] log π_base
+        self.m_base = max(float(1 - self.lb.exp().sum()), 1e-300)
+        log_z = torch.logsumexp(torch.cat([self.lb + self.r / alpha,
+                                           torch.tensor([math.log(self.m_base) + self.r_m / alpha])]), 0)
+        self.j_star = float(alpha * log_z)
+        self.log_optimum = self.lb + self.r / alpha - log_z  # [N] log π*
+
+    def value(self, lp: torch.Tensor) -> torch.Tensor:
+        """J of the policy whose well-formed sequences have log-probabilities ``lp [N]`` (differentiable)."""
+        p = lp.exp()
+        m = (1 - p.sum()).clamp(min=1e-300)
+        return ((p * (self.r - self.alpha * (lp - self.lb))).sum()
+                + m * (self.r_m - self.alpha * (m.log() - math.log(self.m_base))))
+
+    def shares(self, lp: torch.Tensor) -> dict[str, float]:
+        """Branch shares and the malformed share of the policy with log-probabilities ``lp [N]``."""
+        s = torch.zeros(len(self.names), dtype=torch.double).index_add_(0, self.branch, lp.detach().exp())
+        out = dict(zip(self.names, s.tolist()))
+        return out | {MALFORMED: max(0.0, 1 - sum(out.values()))}
+
+    @torch.no_grad()
+    def report(self, model) -> dict:
+        """``model``'s J, E[r], KL to the base and to π*, TV to π*'s branch shares, and its shares."""
+        lp = sequence_logprobs(copy.deepcopy(model).cpu().double(), self.ids)
+        p, m = lp.exp(), max(float(1 - lp.exp().sum()), 0.0)
+        j, reward = float(self.value(lp)), float((p * self.r).sum()) + m * self.r_m
+        return {"J": j, "reward": reward, "kl_base": (reward - j) / self.alpha,
+                "kl_optimum": (self.j_star - j) / self.alpha,
+                "tv": total_variation(self.shares(lp), self.shares(self.log_optimum)), "shares": self.shares(lp)}
 
 
 def closed_form(task: ToyABC, alpha: float) -> dict[str, float]:
