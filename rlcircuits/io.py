@@ -1,6 +1,9 @@
 """Atomic writes: a crash mid-write never leaves a half-written result or checkpoint behind.
 
 Everything is written to a temporary sibling and moved into place with ``os.replace`` (atomic on POSIX).
+``tempfile`` makes that sibling private (0600, or 0700 for a folder); it is given the permissions a plain
+``open`` or ``mkdir`` would have (under the umask) before the move, so collaborators can read run folders,
+and it is deleted if writing fails.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +23,37 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+@contextmanager
+def _atomic(path: Path, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (a file, or a folder) to write; then give it the permissions a
+    plain ``open`` or ``mkdir`` would and move it onto ``path`` — or, if writing failed, delete it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    else:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)
+        old = path.with_name(f".{path.name}.old")
+        if folder and path.exists():  # os.replace cannot replace a non-empty folder: move the old one aside
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if folder else tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with _atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 
@@ -48,28 +77,18 @@ def read_json(path: str | Path) -> Any:
 def save_figure(fig, path: str | Path) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with _atomic(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
 def save_checkpoint(model, tokenizer, path: str | Path) -> Path:
     """``save_pretrained`` model and tokenizer into ``path``, replacing any old folder atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with _atomic(path, folder=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return path
