@@ -94,7 +94,8 @@ def main():
     writer.writeheader()
     writer.writerows(rows)
     write_text(args.out / "trace.csv", buf.getvalue())
-    title = " ".join(args.overrides) or "experiment=toy_kl"
+    title = " ".join(f"{key}=…/{Path(value).name}" if "/" in value else f"{key}={value}"  # paths: last part only
+                     for key, _, value in (o.partition("=") for o in args.overrides)) or "experiment=toy_kl"
     save_figure(plot(rows, objective, j_base, names, title), args.out / "trace.png")
     worst = min(rows, key=lambda r: r["J"])
     below = [r["step"] for r in rows if r["J"] < j_base]

@@ -11,12 +11,13 @@ objective, so both are off by default: ``entropy_coef`` adds coef·H(π), and th
 ``kl=full`` uses the exact KL of each position's next-token distribution instead of k1: the next position's
 KL is a token's reward and its own position's KL is a loss term (divided by the advantages' std when they
 are whitened), the same gradient in expectation. It is the conf default: k1 penalises a deviation only
-once it is sampled. Replaying the one of 10 toy_kl draws that missed, with the exact objective computed
-after every update: branch B's bits turned malformed within 8 updates, each within ``max_kl`` (malformed
-mass 0.02 → 0.19, objective 2.96 → 1.09), and a third of all updates sat below 2.5 against the optimum's
-3.28, repaired and broken again; B ended at 0.06 (0.10 in the replay) against 0.17. full's own-position term pulls such bits back at every
-sampled prefix before a malformed token is drawn; it held on all 10 draws. k1 stores no [B, C, vocab]
-distributions, so it is the choice at LLM scale.
+once it is sampled. On the one of 10 toy_kl draws where k1 missed, ``benchmarks/toy_kl_trace.py`` (the
+exact objective after every step) shows J falling below the base's on 95 of 300 steps, to 0.48 against
+J* = 3.28 with the branch shares still on the optimum's (a branch's bits had left the base's), repaired and
+broken again until, from step ~230, branch B's bits turned malformed and B fell to 0.06 against 0.17 —
+every update within ``max_kl``. full's own-position term pulls such bits back at every sampled prefix
+before a deviating token is drawn; on the same draw J never fell below the base's (final TV 0.001), and it
+held on all 10. k1 stores no [B, C, vocab] distributions, so it is the choice at LLM scale.
 ``max_kl`` (conf: 0.02) halves any update that moves the policy by more than that, in nats per sequence on
 its minibatch (drawn by the rollout's policy, a few updates back: an estimate) — a bound the clipped ratio
 does not give, since one step on a knife-edge weight can flip a whole context's distribution
