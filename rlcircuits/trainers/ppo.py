@@ -17,7 +17,7 @@ J* = 3.28 with the branch shares still on the optimum's (a branch's bits had lef
 broken again until, from step ~230, branch B's bits turned malformed and B fell to 0.06 against 0.17 —
 every update within ``max_kl``. full's own-position term pulls such bits back at every sampled prefix
 before a deviating token is drawn; on the same draw J never fell below the base's (final TV 0.001), and it
-held on all 10. k1 stores no [B, C, vocab] distributions, so it is the choice at LLM scale.
+held on all 22 draws measured. k1 stores no [B, C, vocab] distributions, so it is the choice at LLM scale.
 ``max_kl`` (conf: 0.02) halves any update that moves the policy by more than that, in nats per sequence on
 its minibatch (drawn by the rollout's policy, a few updates back: an estimate) — a bound the clipped ratio
 does not give, since one step on a knife-edge weight can flip a whole context's distribution
