@@ -2,7 +2,7 @@
 
     python benchmarks/toy_kl_time.py [extra overrides...]
 
-Prints the stage times from the run's metrics and, as its last line, ``toy_kl wall time: <s> s``.
+Prints the run's report and, as its last line, ``toy_kl wall time: <s> s``.
 Target (issue 2): ≤ 60 s on the 2-core CPU.
 """
 
