@@ -16,7 +16,7 @@ from rlcircuits.tasks.base import Example, Task
 from rlcircuits.trainers import TRAINERS
 from rlcircuits.trainers.common import backtrack
 from rlcircuits.trainers.rollout import sample, token_logprobs
-from rlcircuits.trainers.sft import collate
+from rlcircuits.trainers.sft import collate, distinct, weighted_loss
 
 
 class OnesTask(Task):
@@ -155,6 +155,21 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
     ids = torch.tensor([[task.tokenizer.bos_token_id, task.one, task.one]])
     with torch.no_grad(), policy.eval().disable_adapter():  # the reference: the untouched base, no copy needed
         assert torch.equal(policy(ids).logits, tiny(ids).logits)
+
+
+def test_distinct_rows_weighted_by_count_give_the_full_batch_loss_and_gradient(task, tiny):
+    """SFT runs each distinct sequence once, weighted by its count: against HF's loss on every row."""
+    bos, zero, one = task.tokenizer.bos_token_id, *task.tokenizer.convert_tokens_to_ids(["0", "1"])
+    more = [Example([bos], [zero, one]), Example([bos, zero], [one]), Example([bos], [zero, one])]
+    batch = collate(task.examples("train", 64, 0) + more, task.tokenizer.pad_token_id)
+    rows, counts = distinct(batch)
+    assert sorted(counts.tolist()) == [1, 2, 64]  # same ids with other labels stay apart
+    full = tiny(**batch).loss
+    want = torch.autograd.grad(full, list(tiny.parameters()))
+    loss = weighted_loss(tiny, rows, counts)
+    got = torch.autograd.grad(loss, list(tiny.parameters()))
+    assert torch.allclose(loss, full, atol=1e-6)
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))
 
 
 def test_collate_pads_right_and_labels_only_the_completion():
