@@ -78,9 +78,8 @@ def main():
     alpha = spec.arms["policy"].alpha
     obj = ExactObjective(task, base, alpha)
     names = [*task.branches, MALFORMED]
-    optimum = obj.shares(obj.log_optimum)
     print(f"{task.cfg.reward} α={alpha:g}: J* = {obj.j_star:.5f}, optimum shares "
-          + "/".join(f"{optimum[n]:.4f}" for n in names) + f", base malformed mass {obj.m_base:.1e}")
+          + "/".join(f"{obj.optimum[n]:.4f}" for n in names) + f", base malformed mass {obj.m_base:.1e}")
     rows = {"RL policy": policy}
     for label, init in (("base", base), ("RL policy", policy)):
         rows[f"in-class from {label}"] = maximise(obj, init, args.steps, args.lr)

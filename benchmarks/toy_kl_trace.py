@@ -56,10 +56,9 @@ def plot(rows: list[dict], objective: ExactObjective, j_base: float, names: list
     top.set_ylabel("E[r] − α·KL")
     top.legend(fontsize=8)
     top.set_title(title, fontsize=9)
-    optimum = objective.shares(objective.log_optimum)
     for i, name in enumerate(names):
         line, = bottom.plot(steps, [r[name] for r in rows], label=name, color=f"C{i}")
-        bottom.axhline(optimum[name], ls="--", lw=1, color=line.get_color())
+        bottom.axhline(objective.optimum[name], ls="--", lw=1, color=line.get_color())
     bottom.set_xlabel("RL step")
     bottom.set_ylabel("share (dashed: π*)")
     bottom.legend(fontsize=8)

@@ -39,12 +39,13 @@ def _atomic(path: Path, folder: bool = False) -> Iterator[Path]:
         umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
         os.umask(umask)
         os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)
-        old = path.with_name(f".{path.name}.old")
-        if folder and path.exists():  # os.replace cannot replace a non-empty folder: move the old one aside
+        old = path.with_name(f".{path.name}.old") if folder and path.exists() else None
+        if old is not None:  # os.replace cannot replace a non-empty folder: move the old one aside
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if folder else tmp.unlink(missing_ok=True)
         raise

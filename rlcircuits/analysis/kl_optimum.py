@@ -121,6 +121,7 @@ class ExactObjective:
                                            torch.tensor([math.log(self.m_base) + self.r_m / alpha])]), 0)
         self.j_star = float(alpha * log_z)
         self.log_optimum = self.lb + self.r / alpha - log_z  # [N] log π*
+        self.optimum = self.shares(self.log_optimum)  # π*'s branch and malformed shares
 
     def value(self, lp: torch.Tensor) -> torch.Tensor:
         """J of the policy whose well-formed sequences have log-probabilities ``lp [N]`` (differentiable)."""
@@ -139,11 +140,11 @@ class ExactObjective:
     def report(self, model) -> dict:
         """``model``'s J, E[r], KL to the base and to π*, TV to π*'s branch shares, and its shares."""
         lp = sequence_logprobs(copy.deepcopy(model).cpu().double(), self.ids)
-        p, m = lp.exp(), max(float(1 - lp.exp().sum()), 0.0)
-        j, reward = float(self.value(lp)), float((p * self.r).sum()) + m * self.r_m
+        p, shares = lp.exp(), self.shares(lp)
+        j, reward = float(self.value(lp)), float((p * self.r).sum()) + shares[MALFORMED] * self.r_m
         return {"J": j, "reward": reward, "kl_base": (reward - j) / self.alpha,
-                "kl_optimum": (self.j_star - j) / self.alpha,
-                "tv": total_variation(self.shares(lp), self.shares(self.log_optimum)), "shares": self.shares(lp)}
+                "kl_optimum": (self.j_star - j) / self.alpha, "tv": total_variation(shares, self.optimum),
+                "shares": shares}
 
 
 def closed_form(task: ToyABC, alpha: float) -> dict[str, float]:
