@@ -11,7 +11,9 @@ from rlcircuits.analysis.kl_optimum import (
     ExactObjective,
     closed_form,
     exact_optimum,
+    reweighted_branch_marginals,
     sequence_logprobs,
+    tilted_branch_marginals,
     total_variation,
 )
 from rlcircuits.tasks.bit_rewards import ADDITIVE
@@ -103,8 +105,6 @@ def test_closed_form_product_formula_for_additive_rewards(reward, make_toy):
 
 def test_exact_optimum_of_a_perfect_base_is_the_closed_form(make_toy):
     """Feed the enumerator the data's own log-probabilities: both routes must agree to rounding."""
-    from rlcircuits.analysis.kl_optimum import tilted_branch_marginals
-
     task = make_toy(reward="same", n_bits=5)
     ids, branches, rewards = task.well_formed()
     logp = []
@@ -131,3 +131,37 @@ def test_excess_loss_is_zero_only_for_the_data_distribution(make_toy):
                 logq = torch.log_softmax(model(row[None]).logits[0, :-1].double(), -1).gather(-1, row[1:, None]).sum()
                 direct += p * (math.log(p) - logq.item())
     assert excess == pytest.approx(direct, rel=1e-5) and excess > 0.5
+
+
+def perfect_base_logp(task: ToyABC) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """The data distribution's log-probability of every well-formed sequence, with branches and rewards."""
+    ids, branches, rewards = task.well_formed()
+    p = [task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
+         for b, bits in zip(branches, task.well_formed_bits())]
+    return torch.tensor(p, dtype=torch.double).log(), branches, torch.tensor(rewards)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_branches_only_for_parity_leaves_the_coin_branch_at_its_mean_reward(alpha, make_toy):
+    """``even`` on the default branches: A (110110) and B (001001) always earn 1, C's fair bits earn 1 half the
+    time, so reweighting branches alone gives e^{1/α} : e^{1/α} : e^{1/(2α)} — less C than π*, whose C tilts
+    its bits toward even parity (∝ (e^{1/α} + 1)/2)."""
+    task = make_toy(reward="even")
+    logp, branches, rewards = perfect_base_logp(task)
+    got = reweighted_branch_marginals(logp, rewards, branches, task.branches, alpha)
+    w = [math.exp(1 / alpha), math.exp(1 / alpha), math.exp(0.5 / alpha)]
+    for name, x in zip("ABC", w):
+        assert got[name] == pytest.approx(x / sum(w), rel=1e-9)
+    assert got[MALFORMED] == pytest.approx(0, abs=1e-12)
+    assert closed_form(task, alpha)["C"] > got["C"] + 0.02
+
+
+def test_branches_only_is_the_optimum_when_every_branch_is_deterministic(make_toy):
+    """With no randomness inside a branch there is nothing to tilt there: both computations must agree."""
+    task = make_toy(n_bits=3, reward="palindrome", invalid_reward=0.5,
+                    branches={"A": {"prob": 0.5, "pattern": "1"}, "B": {"prob": 0.5, "pattern": "10"}})
+    logp, branches, rewards = perfect_base_logp(task)
+    assert int(torch.isfinite(logp).sum()) == 2  # one sequence per branch
+    for alpha in (0.3, 1.0):
+        assert total_variation(reweighted_branch_marginals(logp, rewards, branches, task.branches, alpha),
+                               tilted_branch_marginals(logp, rewards, branches, task.branches, alpha)) < 1e-12

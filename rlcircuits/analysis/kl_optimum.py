@@ -7,6 +7,9 @@ versions of its branch marginals are computed, each independently:
   mass outside the well-formed space (reported) times exp(invalid_reward/α).
 - ``closed_form``: under a *perfect* base (the data distribution): ∝ p_b · E_data[exp(r/α) | b].
 - ``policy`` and ``base``: shares of ``n_samples`` sequences sampled from each checkpoint.
+- ``branches_only``: the best policy that only moves mass between the base's branches, keeping each one's
+  continuations (∝ P_b·exp(E_base[r | b]/α)). A policy near it and far from ``optimal`` has learned nothing
+  inside the branches: how RL sits on its plateau for the parity rewards (README, "Off the default").
 ``tv_policy_optimal`` is the total-variation distance between the policy's and the optimum's branch
 distributions (the malformed share counted as one more outcome).
 
@@ -83,21 +86,50 @@ def tilted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branches:
     return out
 
 
+def reweighted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branches: list[str], names: list[str],
+                                alpha: float, outside: float = 0.0, invalid_reward: float = 0.0) -> dict[str, float]:
+    """Branch marginals of the best policy that only reweights branches, each keeping the reference's
+    continuations: π(b, y) = w_b·p(y | b) maximises Σ_b w_b·E_p[r | b] − α·KL(w‖P) at w_b ∝ P_b·exp(E_p[r | b]/α),
+    P_b the reference's mass on branch b. Inputs as in ``tilted_branch_marginals``; the malformed outcome
+    (mass ``outside``, reward ``invalid_reward``) is one more branch. A policy at these shares has moved mass
+    between branches but learned nothing inside them.
+    """
+    idx = torch.tensor([names.index(b) for b in branches])
+    p = logp.double().exp()
+    mass = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p)  # P_b
+    value = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p * rewards.double()) / mass  # E[r | b]
+    log_w = torch.cat([mass.log() + value / alpha, torch.tensor([math.log(max(outside, 1e-300)) + invalid_reward / alpha])])
+    w = torch.softmax(log_w, 0)
+    return dict(zip([*names, MALFORMED], w.tolist()))
+
+
+def enumerate_well_formed(model, task: ToyABC, batch_size: int = 4096):
+    """Every well-formed sequence's log-probability under ``model`` (float64, ``[N]``), its branch, its reward
+    (``[N]``), and the mass ``model`` puts outside them (on malformed sequences)."""
+    ids, branches, rewards = task.well_formed()
+    with torch.no_grad():
+        logp = sequence_logprobs(model, ids.to(next(model.parameters()).device), batch_size).cpu().double()
+    outside = max(0.0, 1.0 - float(torch.exp(torch.logsumexp(logp, 0))))
+    return logp, branches, torch.tensor(rewards), outside
+
+
 def exact_optimum(base, task: ToyABC, alpha: float, batch_size: int = 4096) -> tuple[dict[str, float], float, float]:
     """π* branch marginals under ``base`` by enumerating the well-formed space, the base's probability of
     malformed sequences, and its exact excess loss KL(data‖base) in nats per sequence (0 for a perfect
     base)."""
-    ids, branches, rewards = task.well_formed()
-    with torch.no_grad():
-        logp = sequence_logprobs(base, ids.to(next(base.parameters()).device), batch_size).cpu().double()
-    outside = max(0.0, 1.0 - float(torch.exp(torch.logsumexp(logp, 0))))
-    marg = tilted_branch_marginals(logp, torch.tensor(rewards), branches, task.branches, alpha,
-                                   outside, task.cfg.invalid_reward)
+    logp, branches, rewards, outside = enumerate_well_formed(base, task, batch_size)
+    marg = tilted_branch_marginals(logp, rewards, branches, task.branches, alpha, outside, task.cfg.invalid_reward)
     p_data = torch.tensor([task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
                            for b, bits in zip(branches, task.well_formed_bits())], dtype=torch.double)
     seen = p_data > 0
     excess = float((p_data[seen] * (p_data[seen].log() - logp[seen])).sum())
     return marg, outside, excess
+
+
+def branches_only(base, task: ToyABC, alpha: float, batch_size: int = 4096) -> dict[str, float]:
+    """``reweighted_branch_marginals`` under the trained ``base``, by enumerating the well-formed space."""
+    logp, branches, rewards, outside = enumerate_well_formed(base, task, batch_size)
+    return reweighted_branch_marginals(logp, rewards, branches, task.branches, alpha, outside, task.cfg.invalid_reward)
 
 
 class ExactObjective:
@@ -196,6 +228,7 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "policy": sampled_shares(policy, task, cfg.n_samples, cfg.seed + 1, cfg.batch_size),
         "optimal": optimal,
         "closed_form": closed_form(task, cfg.alpha),
+        "branches_only": branches_only(base, task, cfg.alpha, cfg.batch_size),
     }
     names = task.branches
     plot_distributions(dists, names, cfg.alpha, out_dir / "plots" / "branch_distribution.png")
@@ -209,6 +242,7 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "tv_policy_optimal": total_variation(dists["policy"], optimal),
         "tv_base_data": total_variation(dists["base"], {n: task.cfg.branches[n].prob for n in names}),
         "tv_optimal_closed_form": total_variation(optimal, dists["closed_form"]),
+        "tv_policy_branches_only": total_variation(dists["policy"], dists["branches_only"]),
     }
 
 
