@@ -106,14 +106,9 @@ def test_closed_form_product_formula_for_additive_rewards(reward, make_toy):
 def test_exact_optimum_of_a_perfect_base_is_the_closed_form(make_toy):
     """Feed the enumerator the data's own log-probabilities: both routes must agree to rounding."""
     task = make_toy(reward="same", n_bits=5)
-    ids, branches, rewards = task.well_formed()
-    logp = []
-    for row, b in zip(ids.tolist(), branches):
-        _, bits = task.parse(row[1:])
-        p = task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
-        logp.append(math.log(p) if p > 0 else -math.inf)
+    logp, branches, rewards = perfect_base_logp(task)
     for alpha in (0.3, 1.0, 3.0):
-        got = tilted_branch_marginals(torch.tensor(logp, dtype=torch.double), torch.tensor(rewards), branches, task.branches, alpha)
+        got = tilted_branch_marginals(logp, rewards, branches, task.branches, alpha)
         assert total_variation(got, closed_form(task, alpha)) < 1e-9
 
 
@@ -154,6 +149,13 @@ def test_branches_only_for_parity_leaves_the_coin_branch_at_its_mean_reward(alph
         assert got[name] == pytest.approx(x / sum(w), rel=1e-9)
     assert got[MALFORMED] == pytest.approx(0, abs=1e-12)
     assert closed_form(task, alpha)["C"] > got["C"] + 0.02
+
+
+def test_branches_only_gives_a_branch_without_mass_no_weight(make_toy):
+    task = make_toy(branches={"A": {"prob": 1.0, "pattern": "10"}, "B": {"prob": 0.0, "pattern": "1"}}, n_bits=3)
+    logp, branches, rewards = perfect_base_logp(task)
+    assert reweighted_branch_marginals(logp, rewards, branches, task.branches, 1.0) == pytest.approx(
+        {"A": 1.0, "B": 0.0, MALFORMED: 0.0})
 
 
 def test_branches_only_is_the_optimum_when_every_branch_is_deterministic(make_toy):

@@ -97,7 +97,8 @@ def reweighted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branc
     idx = torch.tensor([names.index(b) for b in branches])
     p = logp.double().exp()
     mass = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p)  # P_b
-    value = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p * rewards.double()) / mass  # E[r | b]
+    total = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p * rewards.double())
+    value = torch.where(mass > 0, total / mass, 0.0)  # E[r | b]; a branch of no mass keeps weight 0
     log_w = torch.cat([mass.log() + value / alpha, torch.tensor([math.log(max(outside, 1e-300)) + invalid_reward / alpha])])
     w = torch.softmax(log_w, 0)
     return dict(zip([*names, MALFORMED], w.tolist()))
