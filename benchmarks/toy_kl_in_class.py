@@ -84,10 +84,11 @@ def natural_ascent(obj: ExactObjective, init, steps: int, damping: float = 1e-3,
 
     for i in range(steps):
         x = flat.clone().requires_grad_(True)
-        j = obj.value(logp(x))
+        lp = logp(x)
+        j = obj.value(lp)
         (g,) = torch.autograd.grad(j, x)
         scores = jacrev(logp)(flat)  # [N, P] ∇log π(y) of every well-formed sequence
-        w = logp(flat).detach().exp()
+        w = lp.detach().exp()
         w = w / w.sum()
         s = (scores - w @ scores) * w.sqrt()[:, None]  # F = sᵀs
         inner = s @ s.T + damping * torch.eye(len(w), dtype=s.dtype)

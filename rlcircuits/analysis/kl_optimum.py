@@ -99,9 +99,7 @@ def reweighted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branc
     mass = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p)  # P_b
     total = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p * rewards.double())
     value = torch.where(mass > 0, total / mass, 0.0)  # E[r | b]; a branch of no mass keeps weight 0
-    log_w = torch.cat([mass.log() + value / alpha, torch.tensor([math.log(max(outside, 1e-300)) + invalid_reward / alpha])])
-    w = torch.softmax(log_w, 0)
-    return dict(zip([*names, MALFORMED], w.tolist()))
+    return tilted_branch_marginals(mass.log(), value, names, names, alpha, outside, invalid_reward)  # one "sequence" per branch
 
 
 def enumerate_well_formed(model, task: ToyABC, batch_size: int = 4096):
