@@ -105,3 +105,6 @@ def wandb_logger(cfg: WandbLoggerConfig, out_dir: Path, run_config: dict, job: d
         reinit="finish_previous",
     )
     return MetricsLogger(out_dir, run)
+
+
+LOGGERS.store_schemas()  # each conf/logger/<name>.yaml extends <name>_schema: every field overridable

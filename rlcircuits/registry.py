@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -44,6 +45,17 @@ class Registry(dict):
         if name not in self:
             raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self))}")
         return self[name]
+
+    def store_schemas(self) -> None:
+        """Put each schema in Hydra's ConfigStore as ``schema/<kind>/<name>``.
+
+        A YAML option that lists it first in its defaults (``- /schema/trainer/sft@_here_``) holds every field
+        of the schema, so any field can be overridden from the command line (``trainer.beta2=0.95``): Hydra's
+        struct mode rejects keys the YAML does not spell out, and ``+key=value`` fails for keys it does.
+        """
+        for name, entry in self.items():
+            if entry.schema is not None:
+                ConfigStore.instance().store(group=f"schema/{self.kind}", name=name, node=entry.schema)
 
     def config(self, cfg: DictConfig | dict, key: str):
         """Validate ``cfg`` (the YAML node at ``key``) against the schema of ``cfg.name``."""

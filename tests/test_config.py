@@ -1,15 +1,22 @@
 """The composed config: every option of every group validates, and bad input fails before any work,
 naming the key."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from rlcircuits.analysis import ANALYSES
+from rlcircuits.logging import LOGGERS
+from rlcircuits.models import MODELS
 from rlcircuits.pipeline import build_spec
 from rlcircuits.registry import ConfigError
+from rlcircuits.tasks import TASKS
+from rlcircuits.trainers import TRAINERS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+REGISTRIES = {"task": TASKS, "model": MODELS, "trainer": TRAINERS, "analysis": ANALYSES, "logger": LOGGERS}
 
 
 def options(group: str) -> list[str]:
@@ -36,6 +43,21 @@ def test_every_group_option_validates(compose_cfg, override):
             build_spec(compose_cfg(override))
     else:
         build_spec(compose_cfg(override, *WITH.get(override, [])))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in REGISTRIES for o in options(g)])
+def test_every_schema_field_is_in_the_composed_config(compose_cfg, group, option):
+    """Hydra rejects overrides of keys the composed config lacks: every field of the schema must be there."""
+    node = compose_cfg(f"{group}={option}")[group]
+    node = node[option] if group == "analysis" else node  # analyses sit under their name: a run has several
+    assert {f.name for f in dataclasses.fields(REGISTRIES[group].get(node.name).schema)} <= set(node)
+
+
+def test_fields_the_yaml_leaves_out_are_overridable(compose_cfg):
+    spec = build_spec(compose_cfg("trainer.beta1=0.5", "base.trainer.beta2=0.95", "model.dropout=0.1",
+                                  "task.branches.A.p_one=0.7"))
+    assert (spec.arms["policy"].beta1, spec.base_trainer.beta2, spec.model.dropout) == (0.5, 0.95, 0.1)
+    assert spec.task.branches["A"].p_one == 0.7
 
 
 @pytest.mark.parametrize("analysis", options("analysis"))

@@ -9,3 +9,5 @@ from rlcircuits.registry import Registry
 MODELS = Registry("model")
 
 from rlcircuits.models import gpt2, hf  # noqa: E402,F401  (registers)
+
+MODELS.store_schemas()  # each conf/model/ preset extends its model's schema: every field overridable

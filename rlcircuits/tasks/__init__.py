@@ -4,5 +4,6 @@ from rlcircuits.registry import Registry
 
 TASKS = Registry("task")
 
-from rlcircuits.tasks import toy_abc  # noqa: E402,F401  (registers)
-from rlcircuits.tasks import cards  # noqa: E402,F401  (registers)
+from rlcircuits.tasks import cards, toy_abc  # noqa: E402,F401  (registers)
+
+TASKS.store_schemas()  # each conf/task/<name>.yaml extends <name>_schema: every field overridable
