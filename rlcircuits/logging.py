@@ -107,4 +107,4 @@ def wandb_logger(cfg: WandbLoggerConfig, out_dir: Path, run_config: dict, job: d
     return MetricsLogger(out_dir, run)
 
 
-LOGGERS.store_schemas()  # each conf/logger/<name>.yaml extends <name>_schema: every field overridable
+LOGGERS.store_schemas()  # each conf/logger/<name>.yaml extends schema/logger/<name>: every field overridable

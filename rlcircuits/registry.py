@@ -2,7 +2,8 @@
 
 The registry key equals the YAML option name and the module name. Each entry may carry a typed schema
 (a dataclass); ``Registry.config`` validates a YAML node against it, so a wrong key, type or value fails
-before any work starts, naming the key. Nothing more elaborate than that.
+before any work starts, naming the key. ``Registry.store_schemas`` hands the same schemas to Hydra, whose
+YAML options extend them, so every field can be overridden from the command line.
 """
 
 from __future__ import annotations

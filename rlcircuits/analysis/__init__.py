@@ -16,4 +16,4 @@ ANALYSES = Registry("analysis")
 
 from rlcircuits.analysis import ablation, accuracy, kl_optimum, logit_lens, patching, probe, sae  # noqa: E402,F401
 
-ANALYSES.store_schemas()  # each conf/analysis/<name>.yaml extends <name>_schema: every field overridable
+ANALYSES.store_schemas()  # each conf/analysis/<name>.yaml extends schema/analysis/<name>: every field overridable

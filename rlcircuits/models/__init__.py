@@ -10,4 +10,4 @@ MODELS = Registry("model")
 
 from rlcircuits.models import gpt2, hf  # noqa: E402,F401  (registers)
 
-MODELS.store_schemas()  # each conf/model/ preset extends its model's schema: every field overridable
+MODELS.store_schemas()  # each conf/model/ preset extends schema/model/<its model>: every field overridable

@@ -6,4 +6,4 @@ TASKS = Registry("task")
 
 from rlcircuits.tasks import cards, toy_abc  # noqa: E402,F401  (registers)
 
-TASKS.store_schemas()  # each conf/task/<name>.yaml extends <name>_schema: every field overridable
+TASKS.store_schemas()  # each conf/task/<name>.yaml extends schema/task/<name>: every field overridable

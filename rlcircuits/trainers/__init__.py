@@ -20,4 +20,4 @@ def train_with_trl(cfg, policy, reference, task, logger, stage: str, seed: int):
 
 from rlcircuits.trainers import grpo, ppo, reinforce, sft  # noqa: E402,F401  (registers)
 
-TRAINERS.store_schemas()  # conf/trainer/<name>.yaml extends <name>_schema: every field overridable
+TRAINERS.store_schemas()  # conf/trainer/<name>.yaml extends schema/trainer/<name>: every field overridable
