@@ -112,23 +112,22 @@ def enumerate_well_formed(model, task: ToyABC, batch_size: int = 4096):
     return logp, branches, torch.tensor(rewards), outside
 
 
+def excess_loss(task: ToyABC, logp: torch.Tensor, branches: list[str]) -> float:
+    """KL(data‖model) in nats per sequence (0 for a perfect model), from ``enumerate_well_formed``'s ``logp``
+    and ``branches``."""
+    p_data = torch.tensor([task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
+                           for b, bits in zip(branches, task.well_formed_bits())], dtype=torch.double)
+    seen = p_data > 0
+    return float((p_data[seen] * (p_data[seen].log() - logp[seen])).sum())
+
+
 def exact_optimum(base, task: ToyABC, alpha: float, batch_size: int = 4096) -> tuple[dict[str, float], float, float]:
     """π* branch marginals under ``base`` by enumerating the well-formed space, the base's probability of
     malformed sequences, and its exact excess loss KL(data‖base) in nats per sequence (0 for a perfect
     base)."""
     logp, branches, rewards, outside = enumerate_well_formed(base, task, batch_size)
     marg = tilted_branch_marginals(logp, rewards, branches, task.branches, alpha, outside, task.cfg.invalid_reward)
-    p_data = torch.tensor([task.cfg.branches[b].prob * task.bits_distribution(b).get(bits, 0.0)
-                           for b, bits in zip(branches, task.well_formed_bits())], dtype=torch.double)
-    seen = p_data > 0
-    excess = float((p_data[seen] * (p_data[seen].log() - logp[seen])).sum())
-    return marg, outside, excess
-
-
-def branches_only(base, task: ToyABC, alpha: float, batch_size: int = 4096) -> dict[str, float]:
-    """``reweighted_branch_marginals`` under the trained ``base``, by enumerating the well-formed space."""
-    logp, branches, rewards, outside = enumerate_well_formed(base, task, batch_size)
-    return reweighted_branch_marginals(logp, rewards, branches, task.branches, alpha, outside, task.cfg.invalid_reward)
+    return marg, outside, excess_loss(task, logp, branches)
 
 
 class ExactObjective:
@@ -221,13 +220,15 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
     check(isinstance(task, ToyABC), "analysis", "kl_optimum needs task=toy_abc (an enumerable sequence space)")
     base = AutoModelForCausalLM.from_pretrained(checkpoints["base"]).eval()
     policy = AutoModelForCausalLM.from_pretrained(checkpoints["policy"]).eval()
-    optimal, outside, excess = exact_optimum(base, task, cfg.alpha, cfg.batch_size)
+    logp, branches, rewards, outside = enumerate_well_formed(base, task, cfg.batch_size)  # under the base, once
+    exact = (logp, rewards, branches, task.branches, cfg.alpha, outside, task.cfg.invalid_reward)
+    optimal = tilted_branch_marginals(*exact)
     dists = {
         "base": sampled_shares(base, task, cfg.n_samples, cfg.seed, cfg.batch_size),
         "policy": sampled_shares(policy, task, cfg.n_samples, cfg.seed + 1, cfg.batch_size),
         "optimal": optimal,
         "closed_form": closed_form(task, cfg.alpha),
-        "branches_only": branches_only(base, task, cfg.alpha, cfg.batch_size),
+        "branches_only": reweighted_branch_marginals(*exact),
     }
     names = task.branches
     plot_distributions(dists, names, cfg.alpha, out_dir / "plots" / "branch_distribution.png")
@@ -237,7 +238,7 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "distribution": {k: {n: d[n] for n in names} for k, d in dists.items()},
         "malformed": {k: d[MALFORMED] for k, d in dists.items()},
         "mass_outside_enumeration": outside,
-        "base_excess_loss": excess,
+        "base_excess_loss": excess_loss(task, logp, branches),
         "tv_policy_optimal": total_variation(dists["policy"], optimal),
         "tv_base_data": total_variation(dists["base"], {n: task.cfg.branches[n].prob for n in names}),
         "tv_optimal_closed_form": total_variation(optimal, dists["closed_form"]),
