@@ -3,8 +3,8 @@
 from collections import Counter
 
 import pytest
-
 from conftest import TOY_BRANCHES
+
 from rlcircuits.registry import ConfigError, validate
 from rlcircuits.tasks.toy_abc import MALFORMED, ToyABCConfig
 

@@ -50,7 +50,7 @@ def mean_head_outputs(model: HookedTransformer, tokens: torch.Tensor, per_positi
 
     mask: [batch, seq], True where a token is real; padding is left out of the mean.
     """
-    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens, names_filter=names)
     weight = torch.ones(tokens.shape) if mask is None else mask.float()  # [batch, seq]
     weight = weight[:, :, None, None]

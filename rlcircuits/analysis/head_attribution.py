@@ -48,7 +48,7 @@ def head_attribution(
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     read_pos = torch.full((tokens.shape[0],), tokens.shape[1] - 1) if read_pos is None else read_pos
     names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
-    names += [f"blocks.{l}.{h}" for l in range(n_layers) for h in ("attn.hook_z", "hook_mlp_out")]
+    names += [f"blocks.{layer}.{h}" for layer in range(n_layers) for h in ("attn.hook_z", "hook_mlp_out")]
     w_ln, b_ln = model.ln_final.w, model.ln_final.b  # [d_model]
     b_o = torch.stack([block.attn.b_O for block in model.blocks])  # [n_layers, d_model]
     chunks = zip(tokens.split(batch_size), targets.split(batch_size), read_pos.split(batch_size),

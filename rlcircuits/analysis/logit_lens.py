@@ -36,7 +36,7 @@ def layer_logits(model: HookedTransformer, tokens: torch.Tensor, read_pos: torch
     """
     read_pos = torch.full((tokens.shape[0],), tokens.shape[1] - 1) if read_pos is None else read_pos
     n_layers = model.cfg.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     names += [f"blocks.{n_layers - 1}.hook_resid_post"]
     out = []
     for chunk, pos in zip(tokens.split(batch_size), read_pos.split(batch_size)):

@@ -99,7 +99,7 @@ def get_act_patch_head_out_final_pos(model, corrupted_tokens, clean_cache, patch
     from transformer_lens import patching as tlp
 
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    index = pd.DataFrame([(l, corrupted_tokens.shape[1] - 1, h) for l in range(n_layers) for h in range(n_heads)],
+    index = pd.DataFrame([(layer, corrupted_tokens.shape[1] - 1, h) for layer in range(n_layers) for h in range(n_heads)],
                          columns=["layer", "pos", "head"])
     flat = tlp.generic_activation_patch(
         model, corrupted_tokens, clean_cache, patching_metric, tlp.layer_pos_head_vector_patch_setter, "z",

@@ -42,7 +42,7 @@ def residual_activations(
     [batch] they are offsets from each row's own read position (right-padded prompts, see ``prompts``).
     """
     n_layers = model.cfg.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
     chunks = []
     for start in range(0, tokens.shape[0], batch_size):
         chunk = tokens[start:start + batch_size]  # [b, seq]
