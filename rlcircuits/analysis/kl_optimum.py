@@ -9,7 +9,7 @@ versions of its branch marginals are computed, each independently:
 - ``policy`` and ``base``: shares of ``n_samples`` sequences sampled from each checkpoint.
 - ``branches_only``: the best policy that only moves mass between the base's branches, keeping each one's
   continuations (∝ P_b·exp(E_base[r | b]/α)). A policy near it and far from ``optimal`` has learned nothing
-  inside the branches: where RL stalls on the parity rewards (README, "Why parity stalls").
+  inside the branches: where RL stalls on the parity rewards (docs/toy_kl.md, "Why parity stalls").
 ``tv_policy_optimal`` is the total-variation distance between the policy's and the optimum's branch
 distributions (the malformed share counted as one more outcome).
 
