@@ -10,6 +10,7 @@ Every config node is validated against its registered schema before any work sta
 from __future__ import annotations
 
 import copy
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from rlcircuits.models.hf import add_lora, is_adapter
 from rlcircuits.registry import ConfigError, check, validate
 from rlcircuits.tasks import TASKS
 from rlcircuits.trainers import TRAINERS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,7 +179,10 @@ def run(cfg: DictConfig) -> float | None:
         write_text(out / "report.md", report(cfg, results, out))
     finally:
         logger.close()
-    return results.get(spec.run.headline) if spec.run.headline else None
+    headline = results.get(spec.run.headline) if spec.run.headline else None
+    said = f"{spec.run.headline} = {headline:.4g}; " if isinstance(headline, float) else ""
+    log.info("%sresults in %s, summary in %s", said, out / "results.json", out / "report.md")
+    return headline
 
 
 def make_base(spec: Spec, task, logger, device: torch.device):

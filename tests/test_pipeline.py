@@ -3,6 +3,7 @@ write their summary; wandb logs for real (offline)."""
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -56,8 +57,11 @@ def test_every_experiment_runs_in_smoke_mode(smoke_run, experiment):
     assert not list(folder.rglob(".*.tmp*")) and not list(folder.glob("checkpoints/.*"))
 
 
-def test_toy_kl_results_layout(tmp_path, monkeypatch, compose_cfg):
-    headline, results = run_in(tmp_path, monkeypatch, compose_cfg, "experiment=toy_kl", "debug=smoke", "alpha=0.5")
+def test_toy_kl_results_layout(tmp_path, monkeypatch, compose_cfg, caplog):
+    with caplog.at_level(logging.INFO, logger="rlcircuits.pipeline"):
+        headline, results = run_in(tmp_path, monkeypatch, compose_cfg, "experiment=toy_kl", "debug=smoke", "alpha=0.5")
+    assert f"tv_policy_optimal = {headline:.4g}" in caplog.text  # the run ends by saying where its results are
+    assert str(tmp_path / "results.json") in caplog.text
     assert results["alpha"] == 0.5 and results["branches"] == ["A", "B", "C"]
     for kind in ("base", "policy", "optimal", "closed_form"):
         shares = results["distribution"][kind]
