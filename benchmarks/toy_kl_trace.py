@@ -7,10 +7,10 @@ branch shares and the TV to the optimum after every RL step, by enumerating ever
 Trains as ``python run.py experiment=toy_kl <overrides>`` does, with the same seeds and the same order of
 random draws (the evaluation draws none), so the traced run ends where the untraced one did. The metrics a
 trainer logs are estimates from its own samples; this is the policy's true position, and how the
-collapses described in docs/toy_kl.md and docs/trainers.md were found. Writes ``trace.csv``, ``trace.png`` (J and the branch
-shares against the step, the optimum's as dashed lines) and the final ``policy/`` to ``--out``, and prints
-the lowest J, the steps at which J was below the base's (worse than no training), and the final TV. No
-library evaluates an RL objective exactly along training, hence this script.
+collapses described in docs/toy_kl.md and docs/trainers.md were found. Writes ``trace.csv``, ``trace.png``
+(J and the branch shares against the step, the optimum's as dashed lines) and the final ``policy/`` to
+``--out``, and prints the lowest J, the steps at which J was below the base's (worse than no training),
+and the final TV. No library evaluates an RL objective exactly along training, hence this script.
 """
 
 import argparse

@@ -21,8 +21,9 @@ held on all 22 draws measured. k1 stores no [B, C, vocab] distributions, so it i
 ``max_kl`` (conf: 0.02) halves any update that moves the policy by more than that, in nats per sequence on
 its minibatch (drawn by the rollout's policy, a few updates back: an estimate) — a bound the clipped ratio
 does not give, since one step on a knife-edge weight can flip a whole context's distribution
-(``common.step_within_kl``; docs/toy_kl.md, *Keeping every branch*). It bounds each update, not the 16 of a rollout together:
-bounding the distance from the rollout's policy instead did not save the one k1 draw that drifted (docs/trainers.md).
+(``common.step_within_kl``; docs/toy_kl.md, *Keeping every branch*). It bounds each update, not the 16
+of a rollout together: bounding the distance from the rollout's policy instead did not save the one k1 draw
+that drifted (docs/trainers.md).
 
     python run.py experiment=toy_kl trainer=ppo alpha=0.5
 """
