@@ -2,6 +2,8 @@
 naming the key."""
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,11 @@ def test_cuda_without_gpu_is_a_clear_error():
         with pytest.raises(ConfigError, match="no GPU"):
             resolve_device("cuda")
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_help_lists_every_group_and_its_options():
+    out = subprocess.run([sys.executable, str(CONF.parent / "run.py"), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for group in [*REGISTRIES, "experiment", "debug"]:
+        assert f"\n{group}: {', '.join(options(group))}\n" in out
+    assert "alpha: " in out  # the composed config follows the groups
