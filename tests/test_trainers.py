@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from rlcircuits.models.hf import LoraSettings, add_lora
 from rlcircuits.models.tokenizer import build_word_tokenizer
@@ -89,16 +89,32 @@ CASES = {
 
 def test_sample_draws_what_generate_draws(task, tiny):
     """The decoding loop in ``rollout.sample`` against ``generate``: same seed, same sequences, including
-    the padding after an early <eos> (a random model emits it often)."""
+    what follows an early <eos> (a random model emits it often; we repeat <eos> there)."""
     tok, n = task.tokenizer, 256
     torch.manual_seed(5)
     rollout = sample(tiny, task.examples("train", n, 0), tok, task.max_new_tokens)
     ids = torch.full((n, 1), tok.bos_token_id)
     torch.manual_seed(5)
     out = tiny.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
-                        max_new_tokens=task.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                        max_new_tokens=task.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
     assert torch.equal(rollout.sequences, out)
     assert (rollout.sequences == tok.eos_token_id).any()
+
+
+def test_no_unmasked_pass_with_padding_at_either_end(task, tiny, monkeypatch):
+    """transformers warns when a pass without a mask has <pad> in its first or last column; sampling and
+    scoring never make one, even where the (random) policy samples <pad> itself."""
+    flagged = []
+
+    def spy(model, input_ids, attention_mask):
+        flagged.append(attention_mask is None and bool((input_ids[:, [0, -1]] == model.config.pad_token_id).any()))
+
+    monkeypatch.setattr(PreTrainedModel, "warn_if_padding_and_no_attention_mask", spy)
+    torch.manual_seed(0)
+    rollout = sample(tiny, task.examples("train", 256, 0), task.tokenizer, task.max_new_tokens)
+    token_logprobs(tiny, rollout)
+    assert (rollout.sequences == task.tokenizer.pad_token_id).any()  # the case that used to warn
+    assert flagged and not any(flagged)
 
 
 def test_token_logprobs_do_not_depend_on_padding(task, tiny):

@@ -19,7 +19,7 @@ from rlcircuits.tasks.base import Example
 class Rollout:
     """A batch of sampled completions. B rows, P prompt columns, C completion columns."""
 
-    sequences: torch.Tensor  # [B, P + C] left-padded prompt, completion, pad after <eos>
+    sequences: torch.Tensor  # [B, P + C] left-padded prompt, completion, <eos> repeated after the first
     attention_mask: torch.Tensor  # [B, P + C] 1 on real tokens
     completion_mask: torch.Tensor  # [B, C] 1 on completion tokens up to and including <eos>
     prompt_len: int  # P
@@ -48,9 +48,14 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _padding(mask: torch.Tensor, pos: torch.Tensor, padded: bool) -> dict:
-    """Model kwargs for left-padded rows; none without padding, which lets the model take its fast causal path."""
-    return {"attention_mask": mask, "position_ids": pos} if padded else {}
+def _padding(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, padded: bool) -> dict:
+    """Model kwargs for left-padded rows; none without padding, which lets the model take its fast causal path
+    — unless a <pad> the policy sampled itself (a real token here) sits in the first or last column of
+    ``ids``, where transformers would warn that the pass may need a mask: the mask says it does not."""
+    pad = model.config.pad_token_id
+    if padded or (pad is not None and bool((ids[:, [0, -1]] == pad).any())):
+        return {"attention_mask": mask, "position_ids": pos}
+    return {}
 
 
 @torch.no_grad()
@@ -59,7 +64,8 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
 
     Plain ancestral sampling from the softmax of the logits (no temperature, top-k or top-p), decoded with
     a KV cache in a loop of our own: on the small models here ``generate``'s per-token bookkeeping cost
-    more than the model itself. Rows that emitted <eos> are padded; decoding stops when all have.
+    more than the model itself. Rows that emitted <eos> repeat it (masked out) until all have: padding them
+    with <pad> would have transformers warn, on every unmasked pass, that the input may need a mask.
     """
     device = next(model.parameters()).device
     ids, mask = left_pad([e.prompt for e in examples], tokenizer.pad_token_id)
@@ -68,7 +74,7 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
     model.eval()
     padded = not bool(mask.all())  # without left padding the model's own causal mask and positions are right
     pos = positions(mask)  # [B, P]
-    out = model(ids, **_padding(mask, pos, padded), use_cache=True)
+    out = model(ids, **_padding(model, ids, mask, pos, padded), use_cache=True)
     pos, attn = pos[:, -1:], mask
     done = torch.zeros(len(examples), dtype=torch.bool, device=device)
     tokens = []
@@ -78,13 +84,14 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
             tok = logits.argmax(-1)
         else:  # weights ∝ softmax (multinomial normalises), without torch.softmax's slow path on short rows
             tok = torch.multinomial((logits - logits.amax(-1, keepdim=True)).exp(), 1).squeeze(-1)
-        tok = tok.masked_fill(done, tokenizer.pad_token_id)  # [B]
+        tok = tok.masked_fill(done, tokenizer.eos_token_id)  # [B]
         tokens.append(tok)
         done |= tok == tokenizer.eos_token_id
         if done.all():
             break
         pos, attn = pos + 1, torch.cat([attn, torch.ones_like(mask[:, :1])], 1)
-        out = model(tok[:, None], **_padding(attn, pos, padded), cache=out.cache, use_cache=True)
+        step = tok[:, None]
+        out = model(step, **_padding(model, step, attn, pos, padded), cache=out.cache, use_cache=True)
     model.train(was_training)
     comp = torch.stack(tokens, 1)  # [B, C]
     is_eos = comp == tokenizer.eos_token_id
@@ -107,9 +114,11 @@ def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False, 
     """Score ``rollout``'s completion tokens under ``model`` (with grad unless called under no_grad)."""
     P = rollout.prompt_len
     mask = rollout.attention_mask
-    # Padding after <eos> is only ever read by later padding, so only left padding needs the mask.
+    # What follows the first <eos> is only ever read by what follows it, so only left padding needs the mask.
     padded = not bool(mask[:, :P].all())
-    out = model(rollout.sequences, **_padding(mask, positions(mask), padded), output_hidden_states=hidden, use_cache=False)
+    ids = rollout.sequences
+    kwargs = _padding(model, ids, mask, positions(mask), padded)
+    out = model(ids, **kwargs, output_hidden_states=hidden, use_cache=False)
     logits = out.logits[:, P - 1 : -1].float()  # [B, C, V]: position t predicts completion token t
     logp = log_softmax(logits)
     tok = logp.gather(-1, rollout.sequences[:, P:, None]).squeeze(-1) * rollout.completion_mask  # [B, C]
