@@ -1,16 +1,17 @@
 """Is a toy_kl miss the trainer's or the model's? The best policy the architecture reaches on the exact objective.
 
-    python benchmarks/toy_kl_in_class.py outputs/<date>/<time> [--steps 3000]
+    python benchmarks/toy_kl_in_class.py outputs/<date>/<time> [--steps 3000] [--natural 40] [--hessian]
 
 Takes a finished toy_kl run (its config in ``.hydra/config.yaml``, its base and policy checkpoints) and
 maximises J(θ) = E_πθ[r] − α·KL(πθ‖π_base) with no sampling: a sum over every well-formed sequence plus one
 lumped malformed outcome, in float64, by full-batch Adam (cosine decay) and then L-BFGS, from the base and
 from the RL policy (``--natural N``: also N exact natural-gradient steps from the RL policy, the Fisher
-enumerated too). Since J(θ) = J* − α·KL(πθ‖π*), the gap to J* is the distance to the optimum. Every
-iterate is a policy of the architecture, so the best one found bounds from below what the architecture
-can reach: if it lands within TV 0.03 of π* and the RL policy does not, the miss is the trainer's; if it
-misses too, the architecture (or its optimisation landscape) is the limit. No library does this
-optimisation on an enumerated objective, hence this script.
+enumerated too; ``--hessian``: also the exact Hessian's extreme eigenvalues at the stationary point nearest
+the RL policy, to tell a flat saddle from a local maximum). Since J(θ) = J* − α·KL(πθ‖π*), the gap to J*
+is the distance to the optimum. Every iterate is a policy of the architecture, so the best one found
+bounds from below what the architecture can reach: if it lands within TV 0.03 of π* and the RL policy does
+not, the miss is the trainer's; if it misses too, the architecture (or its optimisation landscape) is the
+limit. No library does this optimisation on an enumerated objective, hence this script.
 """
 
 import argparse
@@ -66,15 +67,13 @@ def maximise(obj: ExactObjective, init, steps: int, lr: float):
     return model.eval()
 
 
-def natural_ascent(obj: ExactObjective, init, steps: int, damping: float = 1e-3, step: float = 0.5):
-    """Exact natural-gradient ascent: (F + λI)⁻¹∇J with F the Fisher matrix of the well-formed sequence
-    distribution (enumerated; per-sequence scores by torch.func), each step halved until J does not fall.
-    Prints the distance to π* every 10 steps; returns the model."""
-    model = copy.deepcopy(init).double().eval()
-    model.set_attn_implementation("eager")  # SDPA's CPU kernels have no vmap rules
-    names = [n for n, _ in model.named_parameters()]
+def flat_view(model, obj: ExactObjective):
+    """``model``'s parameters as one float64 vector, and log π(y) of the well-formed sequences as a function
+    of such a vector (torch.func, eager attention: SDPA's CPU kernels have no vmap rules)."""
+    model = copy.deepcopy(model).double().eval()
+    model.set_attn_implementation("eager")
+    names, shapes = zip(*[(n, p.shape) for n, p in model.named_parameters()])
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-    shapes = [p.shape for p in model.parameters()]
 
     def unflatten(x):
         return dict(zip(names, (t.view(s) for t, s in zip(x.split([math.prod(s) for s in shapes]), shapes))))
@@ -82,6 +81,14 @@ def natural_ascent(obj: ExactObjective, init, steps: int, damping: float = 1e-3,
     def logp(x):
         return sequence_logprobs(lambda ids: functional_call(model, unflatten(x), (ids,)), obj.ids)
 
+    return model, flat, logp, unflatten
+
+
+def natural_ascent(obj: ExactObjective, init, steps: int, damping: float = 1e-3, step: float = 0.5):
+    """Exact natural-gradient ascent: (F + λI)⁻¹∇J with F the Fisher matrix of the well-formed sequence
+    distribution (enumerated; per-sequence scores by torch.func), each step halved until J does not fall.
+    Prints the distance to π* every 10 steps; returns the model."""
+    model, flat, logp, unflatten = flat_view(init, obj)
     for i in range(steps):
         x = flat.clone().requires_grad_(True)
         lp = logp(x)
@@ -105,6 +112,35 @@ def natural_ascent(obj: ExactObjective, init, steps: int, damping: float = 1e-3,
     return model
 
 
+def curvature(obj: ExactObjective, init, tolerances=(1e-4, 1e-5, 1e-6), max_iter: int = 500):
+    """The exact Hessian of J on the way onto the stationary point L-BFGS reaches from ``init``: stopped each
+    time no gradient entry exceeds the next tolerance, it prints the gradient norm and the Hessian's extreme
+    eigenvalues. At a saddle of J (we maximise) the largest is positive, and gradient ascent leaves along it
+    at a rate lr·λ_max per step, while it is stable only for lr < 2/|λ_min|; a largest eigenvalue that
+    shrinks as the gradient does marks a degenerate saddle, flat to second order."""
+    model = copy.deepcopy(init).double().train().requires_grad_(True)
+    for tol in tolerances:
+        lbfgs = torch.optim.LBFGS(model.parameters(), max_iter=max_iter, history_size=50, tolerance_grad=tol,
+                                  tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+        def closure():
+            lbfgs.zero_grad()
+            loss = -obj.value(sequence_logprobs(model, obj.ids))
+            loss.backward()
+            return loss
+
+        lbfgs.step(closure)
+        _, flat, logp, _ = flat_view(model, obj)
+        x = flat.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(obj.value(logp(x)), x, create_graph=True)
+        rows = [torch.autograd.grad(g[k], x, retain_graph=True)[0] for k in tqdm(range(len(x)), desc="Hessian")]
+        eig = torch.linalg.eigvalsh(torch.stack(rows))
+        rep = obj.report(model)
+        print(f"near-stationary point from the RL policy: |∇J| = {g.norm():.1e}  J = {rep['J']:.6f}  "
+              f"TV = {rep['tv']:.4f}; Hessian eigenvalues: largest " + ", ".join(f"{v:.1e}" for v in eig[-3:].flip(0))
+              + f"; smallest {eig[0]:.1e}; {(eig > 1e-6).sum()} of {len(eig)} above 1e-6", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a finished toy_kl run folder")
@@ -112,6 +148,8 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--natural", type=int, default=0, metavar="STEPS",
                         help="also take this many exact natural-gradient steps from the RL policy")
+    parser.add_argument("--hessian", action="store_true",
+                        help="also print the exact Hessian's extreme eigenvalues at the RL policy's stationary point")
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = build_spec(OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml"))
@@ -123,6 +161,8 @@ def main():
     names = [*task.branches, MALFORMED]
     print(f"{task.cfg.reward} α={alpha:g}: J* = {obj.j_star:.5f}, optimum shares "
           + "/".join(f"{obj.optimum[n]:.4f}" for n in names) + f", base malformed mass {obj.m_base:.1e}")
+    if args.hessian:
+        curvature(obj, policy)
     rows = {"RL policy": policy}
     if args.natural:
         rows["natural gradient from RL policy"] = natural_ascent(obj, policy, args.natural)
