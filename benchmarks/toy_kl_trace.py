@@ -2,7 +2,7 @@
 branch shares and the TV to the optimum after every RL step, by enumerating every well-formed sequence.
 
     python benchmarks/toy_kl_trace.py --out trace alpha=2 seed=1 trainer=ppo trainer.kl=k1 \\
-        base.checkpoint=outputs/<date>/<time>/checkpoints/base base.trainer=null
+        base.checkpoint=outputs/<date>/<time>/checkpoints/base
 
 Trains as ``python run.py experiment=toy_kl <overrides>`` does, with the same seeds and the same order of
 random draws (the evaluation draws none), so the traced run ends where the untraced one did. The metrics a

@@ -186,13 +186,16 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def make_base(spec: Spec, task, logger, device: torch.device):
-    """The base model: loaded from ``base.checkpoint`` or built from ``model``, then trained by ``base.trainer``
-    if one is set."""
+    """The base model: ``base.checkpoint`` as it is, or built from ``model`` and trained by ``base.trainer``
+    if one is set. A loaded checkpoint runs with the model option's attention (``model.attention``), which
+    checkpoints do not store."""
     if spec.base_checkpoint is not None:
-        base = AutoModelForCausalLM.from_pretrained(spec.base_checkpoint)
-    else:
-        base = MODELS.get(spec.model.name).fn(spec.model, task)
-    base.to(device)
+        attention = getattr(spec.model, "attention", None)
+        base = AutoModelForCausalLM.from_pretrained(spec.base_checkpoint, **({"attn_implementation": attention}
+                                                                             if attention else {}))
+        log.info("base: %s as it is (base.trainer not run)", spec.base_checkpoint)
+        return base.to(device)
+    base = MODELS.get(spec.model.name).fn(spec.model, task).to(device)
     if spec.base_trainer is not None:
         TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, base, None, task, logger, "base", spec.run.seed)
     return base

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlcircuits.pipeline import load_results, run
+from rlcircuits.logging import NullLogger
+from rlcircuits.pipeline import build_spec, load_results, make_base, run
+from rlcircuits.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -69,6 +72,20 @@ def test_toy_kl_results_layout(tmp_path, monkeypatch, compose_cfg, caplog):
         assert 0.99 <= sum(shares.values()) + results["malformed"][kind] <= 1.01
     assert headline == results["tv_policy_optimal"]
     assert (tmp_path / "plots" / "branch_distribution.png").stat().st_size > 0
+
+
+def test_base_checkpoint_is_used_as_it_is(smoke_run, compose_cfg, caplog):
+    """``base.checkpoint`` replaces base training (``base.trainer`` is not run) and runs with the model
+    option's attention, which checkpoints do not store."""
+    folder = smoke_run("toy_kl")[0] / "checkpoints" / "base"
+    spec = build_spec(compose_cfg("experiment=toy_kl", "debug=smoke", f"base.checkpoint={folder}"))
+    task = TASKS.get(spec.task.name).fn(spec.task)
+    with caplog.at_level(logging.INFO, logger="rlcircuits.pipeline"):
+        base = make_base(spec, task, NullLogger(), torch.device("cpu"))
+    saved = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in base.state_dict().items())
+    assert base.config._attn_implementation == spec.model.attention == "exp_softmax"
+    assert "base.trainer not run" in caplog.text
 
 
 def test_sweep_writes_summary_and_headline_plot(tmp_path):
