@@ -31,6 +31,21 @@ from rlcircuits.tasks import TASKS
 from rlcircuits.tasks.toy_abc import MALFORMED
 
 
+def lbfgs_on(obj: ExactObjective, model, max_iter: int, tolerance_grad: float):
+    """A call that takes one L-BFGS step (up to ``max_iter`` iterations, strong-Wolfe line search) on −J
+    for ``model``'s parameters; repeated calls share the optimiser's curvature history."""
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=max_iter, history_size=50, tolerance_grad=tolerance_grad,
+                            tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -obj.value(sequence_logprobs(model, obj.ids))
+        loss.backward()
+        return loss
+
+    return lambda: opt.step(closure)
+
+
 def maximise(obj: ExactObjective, init, steps: int, lr: float):
     """Full-batch Adam (keeping its best iterate), then L-BFGS until J stops rising; returns the model."""
     model = copy.deepcopy(init).double().train().requires_grad_(True)
@@ -46,18 +61,10 @@ def maximise(obj: ExactObjective, init, steps: int, lr: float):
         opt.step()
         sched.step()
     model.load_state_dict(best[1])
-    lbfgs = torch.optim.LBFGS(model.parameters(), max_iter=300, history_size=50, tolerance_grad=1e-12,
-                              tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-    def closure():
-        lbfgs.zero_grad()
-        loss = -obj.value(sequence_logprobs(model, obj.ids))
-        loss.backward()
-        return loss
-
+    lbfgs = lbfgs_on(obj, model, max_iter=300, tolerance_grad=1e-12)
     for _ in range(10):
         before, state = obj.report(model)["J"], copy.deepcopy(model.state_dict())
-        lbfgs.step(closure)
+        lbfgs()
         after = obj.report(model)["J"]
         if not math.isfinite(after) or after < before:  # never keep a worse point
             model.load_state_dict(state)
@@ -113,30 +120,21 @@ def natural_ascent(obj: ExactObjective, init, steps: int, damping: float = 1e-3,
 
 
 def curvature(obj: ExactObjective, init, tolerances=(1e-4, 1e-5, 1e-6), max_iter: int = 500):
-    """The exact Hessian of J on the way onto the stationary point L-BFGS reaches from ``init``: stopped each
-    time no gradient entry exceeds the next tolerance, it prints the gradient norm and the Hessian's extreme
-    eigenvalues. At a saddle of J (we maximise) the largest is positive, and gradient ascent leaves along it
+    """The exact Hessian of J on the way onto the stationary point L-BFGS heads for from ``init``: stopped
+    once no gradient entry exceeds each tolerance in turn (or after ``max_iter`` iterations, when it is still
+    climbing), it prints the gradient norm and the Hessian's extreme eigenvalues. At a saddle of J (we maximise) the largest is positive, and gradient ascent leaves along it
     at a rate lr·λ_max per step, while it is stable only for lr < 2/|λ_min|; a largest eigenvalue that
     shrinks as the gradient does marks a degenerate saddle, flat to second order."""
     model = copy.deepcopy(init).double().train().requires_grad_(True)
     for tol in tolerances:
-        lbfgs = torch.optim.LBFGS(model.parameters(), max_iter=max_iter, history_size=50, tolerance_grad=tol,
-                                  tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-        def closure():
-            lbfgs.zero_grad()
-            loss = -obj.value(sequence_logprobs(model, obj.ids))
-            loss.backward()
-            return loss
-
-        lbfgs.step(closure)
+        lbfgs_on(obj, model, max_iter=max_iter, tolerance_grad=tol)()
         _, flat, logp, _ = flat_view(model, obj)
         x = flat.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(obj.value(logp(x)), x, create_graph=True)
         rows = [torch.autograd.grad(g[k], x, retain_graph=True)[0] for k in tqdm(range(len(x)), desc="Hessian")]
         eig = torch.linalg.eigvalsh(torch.stack(rows))
         rep = obj.report(model)
-        print(f"near-stationary point from the RL policy: |∇J| = {g.norm():.1e}  J = {rep['J']:.6f}  "
+        print(f"L-BFGS from the RL policy to max |∂J| ≤ {tol:g}: |∇J| = {g.norm():.1e}  J = {rep['J']:.6f}  "
               f"TV = {rep['tv']:.4f}; Hessian eigenvalues: largest " + ", ".join(f"{v:.1e}" for v in eig[-3:].flip(0))
               + f"; smallest {eig[0]:.1e}; {(eig > 1e-6).sum()} of {len(eig)} above 1e-6", flush=True)
 
