@@ -23,6 +23,12 @@ def test_bad_config_names_the_key(over, key):
         validate(ToyABCConfig, {"branches": TOY_BRANCHES} | over, "task")
 
 
+def test_probabilities_error_shows_every_branch():
+    branches = {**TOY_BRANCHES, "A": {"prob": 0.5, "pattern": "10"}}  # python run.py task.branches.A.prob=0.5
+    with pytest.raises(ConfigError, match=r"sum to 1.16667, not 1 \(A 0.5, B 0.333333, C 0.333333\)"):
+        validate(ToyABCConfig, {"branches": branches}, "task")
+
+
 def test_examples_follow_the_branches(make_toy):
     task = make_toy()
     examples = task.examples("train", 6000, seed=0)

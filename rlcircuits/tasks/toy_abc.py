@@ -44,7 +44,9 @@ class ToyABCConfig:
     def __post_init__(self):
         check(len(self.branches) >= 1, "branches", "needs at least one branch")
         total = sum(b.prob for b in self.branches.values())
-        check(abs(total - 1) < 1e-6, "branches", f"probabilities sum to {total:g}, not 1")
+        probs = ", ".join(f"{name} {b.prob:g}" for name, b in self.branches.items())
+        check(abs(total - 1) < 1e-6, "branches", f"probabilities sum to {total:g}, not 1 ({probs}): set every "
+              "branch's task.branches.<name>.prob so that they do")
         reserved = {"0", "1", MALFORMED, *SPECIAL.values()}
         for name, b in self.branches.items():
             key = f"branches.{name}"
