@@ -6,12 +6,13 @@ Takes a finished toy_kl run (its config in ``.hydra/config.yaml``, its base and 
 maximises J(θ) = E_πθ[r] − α·KL(πθ‖π_base) with no sampling: a sum over every well-formed sequence plus one
 lumped malformed outcome, in float64, by full-batch Adam (cosine decay) and then L-BFGS, from the base and
 from the RL policy (``--natural N``: also N exact natural-gradient steps from the RL policy, the Fisher
-enumerated too; ``--hessian``: also the exact Hessian's extreme eigenvalues at the stationary point nearest
-the RL policy, to tell a flat saddle from a local maximum). Since J(θ) = J* − α·KL(πθ‖π*), the gap to J*
-is the distance to the optimum. Every iterate is a policy of the architecture, so the best one found
-bounds from below what the architecture can reach: if it lands within TV 0.03 of π* and the RL policy does
-not, the miss is the trainer's; if it misses too, the architecture (or its optimisation landscape) is the
-limit. No library does this optimisation on an enumerated objective, hence this script.
+enumerated too; ``--hessian``: also the exact Hessian's extreme eigenvalues on L-BFGS's way from the RL
+policy onto the stationary point near it, to tell a flat saddle from a local maximum). Since
+J(θ) = J* − α·KL(πθ‖π*), the gap to J* is the distance to the optimum. Every iterate is a policy of the
+architecture, so the best one found bounds from below what the architecture can reach: if it lands within
+TV 0.03 of π* and the RL policy does not, the miss is the trainer's; if it misses too, the architecture (or
+its optimisation landscape) is the limit. No library does this optimisation on an enumerated objective,
+hence this script.
 """
 
 import argparse
@@ -122,9 +123,10 @@ def natural_ascent(obj: ExactObjective, init, steps: int, damping: float = 1e-3,
 def curvature(obj: ExactObjective, init, tolerances=(1e-4, 1e-5, 1e-6), max_iter: int = 500):
     """The exact Hessian of J on the way onto the stationary point L-BFGS heads for from ``init``: stopped
     once no gradient entry exceeds each tolerance in turn (or after ``max_iter`` iterations, when it is still
-    climbing), it prints the gradient norm and the Hessian's extreme eigenvalues. At a saddle of J (we maximise) the largest is positive, and gradient ascent leaves along it
-    at a rate lr·λ_max per step, while it is stable only for lr < 2/|λ_min|; a largest eigenvalue that
-    shrinks as the gradient does marks a degenerate saddle, flat to second order."""
+    climbing), it prints the gradient norm and the Hessian's extreme eigenvalues. At a saddle of J (we
+    maximise) the largest is positive, and gradient ascent leaves along it at a rate lr·λ_max per step, while
+    it is stable only for lr < 2/|λ_min|; a largest eigenvalue that shrinks as the gradient does marks a
+    degenerate saddle, flat to second order."""
     model = copy.deepcopy(init).double().train().requires_grad_(True)
     for tol in tolerances:
         lbfgs_on(obj, model, max_iter=max_iter, tolerance_grad=tol)()
@@ -147,7 +149,8 @@ def main():
     parser.add_argument("--natural", type=int, default=0, metavar="STEPS",
                         help="also take this many exact natural-gradient steps from the RL policy")
     parser.add_argument("--hessian", action="store_true",
-                        help="also print the exact Hessian's extreme eigenvalues at the RL policy's stationary point")
+                        help="also print the exact Hessian's extreme eigenvalues on the way onto the RL policy's "
+                             "stationary point")
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = build_spec(OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml"))
