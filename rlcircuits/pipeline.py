@@ -176,7 +176,7 @@ def run(cfg: DictConfig) -> float | None:
                 raise RuntimeError(f"analysis {name} returned keys already in results.json: {sorted(clash)}")
             results |= found
         write_json(out / "results.json", results)
-        write_text(out / "report.md", report(cfg, results, out))
+        write_text(out / "report.md", report(results, out))
     finally:
         logger.close()
     headline = results.get(spec.run.headline) if spec.run.headline else None
@@ -220,7 +220,7 @@ def train_models(spec: Spec, task, logger, out: Path, device: torch.device) -> d
     return checkpoints
 
 
-def report(cfg: DictConfig, results: dict, out: Path) -> str:
+def report(results: dict, out: Path) -> str:
     """``report.md``: the command's overrides, the scalar results and every plot."""
     try:
         overrides = " ".join(HydraConfig.get().overrides.task)
@@ -229,7 +229,7 @@ def report(cfg: DictConfig, results: dict, out: Path) -> str:
     lines = ["# rlcircuits run", "", f"`python run.py {overrides}`".replace(" `", "`"), "", "## Results", ""]
     for key, value in results.items():
         if isinstance(value, dict):
-            lines += ["", f"**{key}**", "", *_tables(value), ""]
+            lines += ["", f"**{key}**", "", *_tables(value, key), ""]
         else:
             lines.append(f"- **{key}**: {_fmt(value)}")
     plots = sorted((out / "plots").glob("*.png"))
@@ -252,14 +252,15 @@ def _rows(d: dict, path: str = "") -> list[tuple[str, dict]]:
     return rows
 
 
-def _tables(d: dict) -> list[str]:
-    """Markdown tables of nested results, one per run of rows with the same columns."""
+def _tables(d: dict, name: str) -> list[str]:
+    """Markdown tables of the nested results ``name``, one per run of rows with the same columns; a row of
+    ``d``'s own entries is labelled ``name``."""
     lines, columns = [], None
-    for name, row in _rows(d):
+    for path, row in _rows(d):
         if list(row) != columns:
             columns = list(row)
             lines += ["", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in row.values()) + " |")
+        lines.append(f"| {path or name} | " + " | ".join(_fmt(v) for v in row.values()) + " |")
     return lines[1:]
 
 

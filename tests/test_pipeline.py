@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlcircuits.logging import NullLogger
-from rlcircuits.pipeline import build_spec, load_results, make_base, run
+from rlcircuits.pipeline import build_spec, load_results, make_base, report, run
 from rlcircuits.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,3 +149,14 @@ def test_cards_arms_and_analyses(smoke_run):
         assert f"**{name}**" in report and (folder / "analysis" / f"{name}.json").exists()
         assert set(json.loads((folder / "analysis" / f"{name}.json").read_text())) >= (
             {"results"} if name == "ablation" else {"init", "rl", "sft"})
+
+
+def test_report_labels_every_table_row(tmp_path):
+    """Nested results become tables whose rows are named by their path; a dict's own entries by its key."""
+    results = {"alpha": 0.5, "checkpoints": {"base": "checkpoints/base", "policy": "checkpoints/policy"},
+               "distribution": {"base": {"A": 0.25, "B": 0.75}, "policy": {"A": 0.5, "B": 0.5}}}
+    text = report(results, tmp_path)
+    assert "- **alpha**: 0.5" in text
+    assert "| checkpoints | checkpoints/base | checkpoints/policy |" in text
+    assert "| base | 0.25 | 0.75 |" in text and "| policy | 0.5 | 0.5 |" in text
+    assert "|  |" not in text
