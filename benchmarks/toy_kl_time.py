@@ -1,11 +1,15 @@
 """Wall time of one toy_kl run end to end (base SFT, RL, analysis) on this machine.
 
-    python benchmarks/toy_kl_time.py [extra overrides...]
+    python benchmarks/toy_kl_time.py [--repeat N] [extra overrides...]
 
-Prints the run's report and, as its last line, ``toy_kl wall time: <s> s``.
-Target (issue 2): ≤ 60 s on the 2-core CPU.
+Prints the first run's report, each run's time and, as its last line, ``toy_kl wall time: <s> s`` (the
+median over the runs). Target (issue 2): ≤ 60 s on the 2-core CPU. This VM's speed drifts by ±10–20 %
+between runs minutes apart, so one run says little: repeat it.
 """
 
+import argparse
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -15,22 +19,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(overrides: list[str]) -> float:
+def wall_time(overrides: list[str], show_report: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "run.py"), "experiment=toy_kl", f"hydra.run.dir={tmp}", *overrides]
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env={"TQDM_DISABLE": "1", **_env()})
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"})
         wall = time.perf_counter() - start
-        print((Path(tmp) / "report.md").read_text())
-    print(f"toy_kl wall time: {wall:.1f} s")
+        if show_report:
+            print((Path(tmp) / "report.md").read_text())
     return wall
 
 
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
+def main(overrides: list[str], repeat: int = 1) -> float:
+    walls = []
+    for i in range(repeat):
+        walls.append(wall_time(overrides, show_report=i == 0))
+        print(f"run {i + 1}/{repeat}: {walls[-1]:.1f} s", flush=True)
+    median = statistics.median(walls)
+    if repeat > 1:
+        print(f"min {min(walls):.1f} s, max {max(walls):.1f} s, {sum(w > 60 for w in walls)} of {repeat} over 60 s")
+    print(f"toy_kl wall time: {median:.1f} s")
+    return median
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="runs to time (the median is reported)")
+    args, overrides = parser.parse_known_args()
+    main(overrides, args.repeat)
