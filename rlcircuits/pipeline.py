@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +172,8 @@ def run(cfg: DictConfig) -> float | None:
         checkpoints = train_models(spec, task, logger, out, device)
         results: dict[str, Any] = {"checkpoints": {k: str(p.relative_to(out)) for k, p in checkpoints.items()}}
         for name, acfg in spec.analyses.items():
-            found = ANALYSES.get(name).fn(acfg, task, checkpoints, out)
+            with _timed(f"analysis {name}"):
+                found = ANALYSES.get(name).fn(acfg, task, checkpoints, out)
             clash = set(found) & set(results)
             if clash:
                 raise RuntimeError(f"analysis {name} returned keys already in results.json: {sorted(clash)}")
@@ -196,8 +199,13 @@ def make_base(spec: Spec, task, logger, device: torch.device):
         log.info("base: %s as it is (base.trainer not run)", spec.base_checkpoint)
         return base.to(device)
     base = MODELS.get(spec.model.name).fn(spec.model, task).to(device)
-    if spec.base_trainer is not None:
-        TRAINERS.get(spec.base_trainer.name).fn(spec.base_trainer, base, None, task, logger, "base", spec.run.seed)
+    n_params = sum(p.numel() for p in base.parameters())
+    if spec.base_trainer is None:
+        log.info("base: %s (%s parameters) as built (base.trainer=null)", spec.model.name, f"{n_params:,}")
+        return base
+    tcfg = spec.base_trainer
+    with _timed(f"base: {spec.model.name} ({n_params:,} parameters), {tcfg.name} for {tcfg.steps:,} steps"):
+        TRAINERS.get(tcfg.name).fn(tcfg, base, None, task, logger, "base", spec.run.seed)
     return base
 
 
@@ -213,11 +221,20 @@ def train_models(spec: Spec, task, logger, out: Path, device: torch.device) -> d
             policy, reference = add_lora(base, lora).train(), None
         else:
             policy, reference = copy.deepcopy(base).requires_grad_(True).train(), base
-        TRAINERS.get(tcfg.name).fn(tcfg, policy, reference, task, logger, arm, spec.run.seed)
+        with _timed(f"{arm}: {tcfg.name}, {tcfg.steps:,} steps from the base"):
+            TRAINERS.get(tcfg.name).fn(tcfg, policy, reference, task, logger, arm, spec.run.seed)
         if is_adapter(policy) and getattr(spec.model, "quantization", "none") == "none":
             policy = policy.merge_and_unload()  # a full checkpoint; a quantised base keeps the adapter folder
         checkpoints[arm] = save_checkpoint(policy, tok, out / "checkpoints" / arm)
     return checkpoints
+
+
+@contextmanager
+def _timed(what: str):
+    """Log ``what`` and how long the block took, when it ends: run.log's record of the run's stages."""
+    start = time.perf_counter()
+    yield
+    log.info("%s: %.1f s", what, time.perf_counter() - start)
 
 
 def report(results: dict, out: Path) -> str:

@@ -64,6 +64,9 @@ def test_toy_kl_results_layout(tmp_path, monkeypatch, compose_cfg, caplog):
     with caplog.at_level(logging.INFO, logger="rlcircuits.pipeline"):
         headline, results = run_in(tmp_path, monkeypatch, compose_cfg, "experiment=toy_kl", "debug=smoke", "alpha=0.5")
     assert f"tv_policy_optimal = {headline:.4g}" in caplog.text  # the run ends by saying where its results are
+    for stage in ("base: gpt2 (211 parameters), sft for 5 steps: ", "policy: reinforce, 5 steps from the base: ",
+                  "analysis kl_optimum: "):  # and logs each stage with its duration
+        assert stage in caplog.text
     assert str(tmp_path / "results.json") in caplog.text
     assert results["alpha"] == 0.5 and results["branches"] == ["A", "B", "C"]
     for kind in ("base", "policy", "optimal", "closed_form"):
