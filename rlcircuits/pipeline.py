@@ -70,8 +70,10 @@ class Spec:
 
 
 def _capped(node: Any, run: RunSettings) -> Any:
-    """``node`` with its ``steps`` and ``n_examples`` capped by ``max_steps`` and ``max_examples``."""
-    for key, cap in (("steps", run.max_steps), ("n_examples", run.max_examples)):
+    """``node`` with its ``steps`` capped by ``max_steps``, and its ``n_examples`` (an analysis's) and
+    ``eval_examples`` (a trainer's) by ``max_examples``."""
+    caps = (("steps", run.max_steps), ("n_examples", run.max_examples), ("eval_examples", run.max_examples))
+    for key, cap in caps:
         if cap is not None and isinstance(node, (dict, DictConfig)) and key in node:
             node = OmegaConf.merge(node, {key: min(node[key], cap)})
     return node

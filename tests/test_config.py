@@ -31,7 +31,9 @@ def test_every_experiment_validates(compose_cfg, experiment, debug):
     spec = build_spec(compose_cfg(f"experiment={experiment}", *([f"debug={debug}"] if debug else [])))
     assert spec.arms and spec.task.name
     if debug == "smoke":
-        assert all(t.steps <= 5 for t in spec.arms.values())
+        trainers = [*spec.arms.values(), *([spec.base_trainer] if spec.base_trainer else [])]
+        assert all(t.steps <= 5 and t.eval_examples <= 64 for t in trainers)
+        assert all(getattr(a, "n_examples", 0) <= 64 for a in spec.analyses.values())
 
 
 NEEDS = {"model=hf": "model.path"}  # options that cannot validate without a further value, and its key
