@@ -154,6 +154,31 @@ def test_head_ablation(splits, tmp_path):
         _png(tmp_path / f"ablation_{method}.png")
 
 
+@pytest.mark.parametrize("method", ["zero", "mean"])
+def test_head_ablation_equals_one_full_pass_per_head(model, splits, method):
+    """Each head ablated from its layer's cached input gives what a full forward pass with that head
+    replaced gives: the brute force."""
+    with torch.no_grad():
+        answers = {s: model(t)[:, -1].argmax(-1) for s, t in splits.items()}
+        accuracy = {s: ablation.argmax_accuracy(a) for s, a in answers.items()}
+        means = ablation.mean_head_outputs(model, splits["id"])  # per layer [seq, n_heads, d_head]
+        expected = {s: np.zeros((N_LAYERS, N_HEADS)) for s in splits}
+        for split, toks in splits.items():
+            for layer in range(N_LAYERS):
+                for head in range(N_HEADS):
+                    def knock_out(z, hook, layer=layer, head=head):
+                        z = z.clone()
+                        z[:, :, head] = 0.0 if method == "zero" else means[layer][: z.shape[1], head]
+                        return z
+                    logits = model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", knock_out)])
+                    expected[split][layer, head] = accuracy[split](logits[:, -1])
+            _finite_nonconstant(expected[split])
+    result = ablation.head_ablation(model, splits, accuracy, method=method, reference=splits["id"])
+    for split in splits:
+        np.testing.assert_allclose(result["ablated"][split], expected[split])
+        assert result["baseline"][split] == 1.0
+
+
 def test_mean_ablation_needs_long_enough_reference(model, splits):
     accuracy = {"id": ablation.argmax_accuracy(torch.zeros(160, dtype=torch.long))}
     with pytest.raises(ValueError, match="per_position=False"):
