@@ -82,6 +82,21 @@ def test_probe_decodes_linear_label_of_embedding(model, splits, tmp_path):
     _png(tmp_path / "probes.png")
 
 
+def test_probe_score_is_sklearns_accuracy_and_r2():
+    from sklearn.metrics import accuracy_score, r2_score
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.normal(size=50), rng.normal(size=50)
+    assert probe.score("regression", y, pred) == pytest.approx(r2_score(y, pred))
+    const = np.full(5, 2.0)  # sklearn's convention for a constant target: 1 if predicted exactly, else 0
+    assert probe.score("regression", const, const) == r2_score(const, const) == 1.0
+    assert probe.score("regression", const, const + 0.1) == r2_score(const, const + 0.1) == 0.0
+    classes, guess = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    assert probe.score("classification", classes, guess) == pytest.approx(accuracy_score(classes, guess))
+    words = np.array(["a", "b", "a"])
+    assert probe.score("classification", words, np.array(["a", "a", "a"])) == pytest.approx(2 / 3)
+
+
 # ---------------------------------------------------------------- patching
 @pytest.fixture(scope="module")
 def patch_pair(model):
