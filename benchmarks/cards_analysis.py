@@ -3,8 +3,9 @@
     python benchmarks/cards_analysis.py outputs/<date>/<time> [extra overrides...] [--out DIR]
 
 Runs every analysis of ``experiment=cards_sft_vs_rl`` (accuracy, probe, patching, ablation, sae,
-logit_lens) on the run's ``base``, ``policy`` and ``control`` checkpoints, one thread, writing into
-``DIR`` (default: a temporary folder, removed afterwards). Prints each analysis's time and, last, ``analysis stack wall time: <s> s``.
+logit_lens) on the run's ``base``, ``policy`` and ``control`` checkpoints on one thread (``threads=1``; the
+experiment itself uses every core), writing into ``DIR`` (default: a temporary folder, removed afterwards).
+Prints each analysis's time and, last, ``analysis stack wall time: <s> s``.
 Target (issue 4): ≤ 5 min of CPU.
 """
 
@@ -13,13 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
-from threadpoolctl import threadpool_limits
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.io import write_json
-from rlcircuits.pipeline import build_spec, load_results
+from rlcircuits.pipeline import build_spec, limit_threads, load_results
 from rlcircuits.tasks import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -27,9 +26,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def main(run_dir: str, overrides: list[str], out: str | None = None) -> float:
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        spec = build_spec(compose("config", overrides=["experiment=cards_sft_vs_rl", *overrides]))
-    torch.set_num_threads(spec.run.threads)
-    threadpool_limits(spec.run.threads)
+        spec = build_spec(compose("config", overrides=["experiment=cards_sft_vs_rl", "threads=1", *overrides]))
+    limit_threads(spec.run.threads)
     task = TASKS.get(spec.task.name).fn(spec.task)
     checkpoints = {k: Path(p) for k, p in load_results(run_dir)["checkpoints"].items()}
     total = 0.0

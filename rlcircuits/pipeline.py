@@ -132,6 +132,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def limit_threads(threads: int) -> None:
+    """Run torch and numpy/scikit-learn's BLAS on ``threads`` CPU threads (0: leave the libraries' defaults)."""
+    if threads:
+        torch.set_num_threads(threads)
+        threadpool_limits(threads)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -162,9 +169,7 @@ def _job_info(out: Path) -> dict:
 def run(cfg: DictConfig) -> float | None:
     """Run the pipeline described by ``cfg``; returns ``results[cfg.headline]`` when set."""
     spec = build_spec(cfg)
-    if spec.run.threads:
-        torch.set_num_threads(spec.run.threads)
-        threadpool_limits(spec.run.threads)  # numpy/scikit-learn's BLAS too
+    limit_threads(spec.run.threads)
     device = resolve_device(spec.run.device)
     seed_everything(spec.run.seed)
     out = output_dir()

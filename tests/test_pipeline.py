@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlcircuits.logging import NullLogger
-from rlcircuits.pipeline import build_spec, load_results, make_base, report, run
+from rlcircuits.pipeline import build_spec, limit_threads, load_results, make_base, report, run
 from rlcircuits.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,3 +163,19 @@ def test_report_labels_every_table_row(tmp_path):
     assert "| checkpoints | checkpoints/base | checkpoints/policy |" in text
     assert "| base | 0.25 | 0.75 |" in text and "| policy | 0.5 | 0.5 |" in text
     assert "|  |" not in text
+
+
+def test_limit_threads_sets_torch_and_blas_and_zero_leaves_them():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before = torch.get_num_threads()
+    try:
+        with threadpool_limits(limits=None):  # restores the BLAS limits on exit
+            limit_threads(0)
+            assert torch.get_num_threads() == before
+            for n in (2, 1):
+                limit_threads(n)
+                assert torch.get_num_threads() == n
+                assert all(pool["num_threads"] == n for pool in threadpool_info())
+    finally:
+        torch.set_num_threads(before)
