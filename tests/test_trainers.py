@@ -177,9 +177,12 @@ def test_distinct_rows_weighted_by_count_give_the_full_batch_loss_and_gradient(t
     """SFT runs each distinct sequence once, weighted by its count: against HF's loss on every row."""
     bos, zero, one = task.tokenizer.bos_token_id, *task.tokenizer.convert_tokens_to_ids(["0", "1"])
     more = [Example([bos], [zero, one]), Example([bos, zero], [one]), Example([bos], [zero, one])]
-    batch = collate(task.examples("train", 64, 0) + more, task.tokenizer.pad_token_id)
-    rows, counts = distinct(batch)
+    examples = task.examples("train", 64, 0) + more
+    batch = collate(examples, task.tokenizer.pad_token_id)
+    rows, counts = distinct(examples, task.tokenizer.pad_token_id)
     assert sorted(counts.tolist()) == [1, 2, 64]  # same ids with other labels stay apart
+    key = torch.cat([rows["input_ids"], rows["labels"]], 1)  # rows in torch.unique's order, as they were
+    assert torch.equal(key, torch.unique(torch.cat([batch["input_ids"], batch["labels"]], 1), dim=0))
     full = tiny(**batch).loss
     want = torch.autograd.grad(full, list(tiny.parameters()))
     loss = weighted_loss(tiny, rows, counts)
