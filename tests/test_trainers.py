@@ -15,7 +15,7 @@ from rlcircuits.registry import ConfigError
 from rlcircuits.tasks.base import Example, Task
 from rlcircuits.trainers import TRAINERS
 from rlcircuits.trainers.common import backtrack
-from rlcircuits.trainers.rollout import sample, token_logprobs
+from rlcircuits.trainers.rollout import _score, sample, score, token_logprobs
 from rlcircuits.trainers.sft import collate, distinct, weighted_loss
 
 
@@ -171,6 +171,25 @@ def test_lora_trains_only_the_adapter_against_the_disabled_adapter(case, task, t
     ids = torch.tensor([[task.tokenizer.bos_token_id, task.one, task.one]])
     with torch.no_grad(), policy.eval().disable_adapter():  # the reference: the untouched base, no copy needed
         assert torch.equal(policy(ids).logits, tiny(ids).logits)
+
+
+def test_score_shares_identical_rows_and_gives_what_scoring_every_row_gives(task, tiny):
+    """``score`` runs each distinct row once: every output, and the gradient of a loss on them, against
+    scoring all rows (left-padded prompts of two lengths, so equal completions differ in their rows)."""
+    bos, one = task.tokenizer.bos_token_id, task.one
+    torch.manual_seed(0)
+    rollout = sample(tiny, [Example([bos], [])] * 48 + [Example([bos, one], [])] * 16, task.tokenizer, 2)
+    assert len(torch.unique(rollout.sequences, dim=0)) <= len(rollout.sequences) // 2  # many duplicates
+    shared, full = (f(tiny, rollout, True, True, True) for f in (score, _score))
+    for got, want in zip(vars(shared).values(), vars(full).values()):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+    def grads(f):
+        s = f(tiny, rollout, False, False, False)
+        return torch.autograd.grad((s.logp * torch.linspace(-1, 1, len(s.logp))[:, None]).sum(), list(tiny.parameters()))
+
+    for got, want in zip(grads(score), grads(_score)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_distinct_rows_weighted_by_count_give_the_full_batch_loss_and_gradient(task, tiny):

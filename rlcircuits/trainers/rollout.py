@@ -111,7 +111,23 @@ class Scores:
 
 
 def score(model, rollout: Rollout, entropy: bool = False, hidden: bool = False, dist: bool = False) -> Scores:
-    """Score ``rollout``'s completion tokens under ``model`` (with grad unless called under no_grad)."""
+    """Score ``rollout``'s completion tokens under ``model`` (with grad unless called under no_grad).
+
+    Identical rows are scored once and their scores shared (their gradients then add up, as they would):
+    toy_kl's 512 samples a step hold ~100 distinct sequences, and the forward and backward pass costs ~3×
+    less on those. With dropout on, duplicates share one dropout mask.
+    """
+    rows = torch.cat([rollout.sequences, rollout.attention_mask], 1)
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(distinct) == len(rows):
+        return _score(model, rollout, entropy, hidden, dist)
+    first = torch.full((len(distinct),), len(rows), device=rows.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), "amin")  # a row of each
+    found = _score(model, rollout[first], entropy, hidden, dist)
+    return Scores(*(None if x is None else x[inverse] for x in (found.logp, found.entropy, found.hidden, found.dist)))
+
+
+def _score(model, rollout: Rollout, entropy: bool, hidden: bool, dist: bool) -> Scores:
     P = rollout.prompt_len
     mask = rollout.attention_mask
     # What follows the first <eos> is only ever read by what follows it, so only left padding needs the mask.
