@@ -31,8 +31,7 @@ def hooked_config(config: GPT2Config, device: str = "cpu") -> HookedTransformerC
         n_ctx=config.n_positions,
         eps=config.layer_norm_epsilon,
         d_vocab=config.vocab_size,
-        # GPT-2's gelu_new is TransformerLens' gelu_pytorch_tanh too (to ~1e-7), one kernel instead of seven ops
-        act_fn="gelu_pytorch_tanh" if config.activation_function == "gelu_new" else config.activation_function,
+        act_fn=config.activation_function,
         use_attn_scale=config.scale_attn_weights,
         normalization_type="LN",
         original_architecture="GPT2LMHeadModel",
