@@ -185,8 +185,8 @@ def test_score_shares_identical_rows_and_gives_what_scoring_every_row_gives(task
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
     def grads(f):
-        s = f(tiny, rollout, False, False, False)
-        return torch.autograd.grad((s.logp * torch.linspace(-1, 1, len(s.logp))[:, None]).sum(), list(tiny.parameters()))
+        logp = f(tiny, rollout, False, False, False).logp
+        return torch.autograd.grad((logp * torch.linspace(-1, 1, len(logp))[:, None]).sum(), list(tiny.parameters()))
 
     for got, want in zip(grads(score), grads(_score)):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
