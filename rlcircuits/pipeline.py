@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from rlcircuits.analysis import ANALYSES
 from rlcircuits.io import read_json, save_checkpoint, write_json, write_text
@@ -166,9 +167,16 @@ def _job_info(out: Path) -> dict:
     }
 
 
+def transient_bars(factory, args, kwargs):
+    """transformers' progress-bar hook: its bars (a checkpoint's "Loading weights", "Writing model shards", a
+    download) show while they run and vanish when done, rather than leave two lines per checkpoint behind."""
+    return factory(*args, **{**kwargs, "leave": False})
+
+
 def run(cfg: DictConfig) -> float | None:
     """Run the pipeline described by ``cfg``; returns ``results[cfg.headline]`` when set."""
     spec = build_spec(cfg)
+    hf_logging.set_tqdm_hook(transient_bars)
     limit_threads(spec.run.threads)
     device = resolve_device(spec.run.device)
     seed_everything(spec.run.seed)

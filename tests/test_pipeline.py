@@ -2,6 +2,7 @@
 write their summary; wandb logs for real (offline)."""
 
 import csv
+import io
 import json
 import logging
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from rlcircuits.logging import NullLogger
 from rlcircuits.pipeline import build_spec, limit_threads, load_results, make_base, report, run
@@ -44,6 +46,13 @@ def smoke_run(tmp_path_factory):
         return done[experiment]
 
     return _run
+
+
+def test_transformers_bars_vanish_when_done(smoke_run):
+    """After a run, transformers' own progress bars (checkpoint loading and saving) are transient like ours."""
+    smoke_run("toy_kl")
+    bar = hf_logging.tqdm(range(2), desc="Loading weights", disable=False, file=io.StringIO())
+    assert bar.leave is False
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
