@@ -15,7 +15,7 @@ from rlcircuits.registry import ConfigError
 from rlcircuits.tasks.base import Example, Task
 from rlcircuits.trainers import TRAINERS
 from rlcircuits.trainers.common import backtrack
-from rlcircuits.trainers.rollout import _score, sample, score, token_logprobs
+from rlcircuits.trainers.rollout import _score, left_pad, sample, score, token_logprobs
 from rlcircuits.trainers.sft import collate, distinct, weighted_loss
 
 
@@ -99,6 +99,29 @@ def test_sample_draws_what_generate_draws(task, tiny):
                         max_new_tokens=task.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
     assert torch.equal(rollout.sequences, out)
     assert (rollout.sequences == tok.eos_token_id).any()
+
+
+def test_repeated_prompts_share_one_prompt_pass_and_sample_what_generate_samples(task, tiny):
+    """Three prompts of two lengths, repeated and interleaved: the prompt pass runs once per distinct prompt,
+    and with the same seed the sequences are ``generate``'s on the left-padded batch of every row."""
+    bos, zero, one = task.tokenizer.bos_token_id, *task.tokenizer.convert_tokens_to_ids(["0", "1"])
+    prompts = [[bos], [bos, one], [bos], [bos, zero], [bos, one], [bos]] * 40
+    torch.manual_seed(0)  # weights large enough that a row given another prompt's cache samples otherwise
+    model = GPT2LMHeadModel(GPT2Config(**{**tiny.config.to_dict(), "initializer_range": 0.5})).eval()
+    rows = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(len(args[0])), with_kwargs=True)
+    torch.manual_seed(3)
+    try:
+        rollout = sample(model, [Example(p, []) for p in prompts], task.tokenizer, 2)
+    finally:
+        hook.remove()
+    assert rows[0] == 3  # the prompt pass: one row per distinct prompt
+    ids, mask = left_pad(prompts, task.tokenizer.pad_token_id)
+    torch.manual_seed(3)
+    out = model.generate(ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=2,
+                         eos_token_id=task.tokenizer.eos_token_id, pad_token_id=task.tokenizer.eos_token_id)
+    assert torch.equal(rollout.sequences, out)
+    assert torch.equal(rollout.attention_mask[:, :2], mask)
 
 
 def test_no_unmasked_pass_with_padding_at_either_end(task, tiny, monkeypatch):

@@ -64,22 +64,31 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
 
     Plain ancestral sampling from the softmax of the logits (no temperature, top-k or top-p), decoded with
     a KV cache in a loop of our own: on the small models here ``generate``'s per-token bookkeeping cost
-    more than the model itself. Rows that emitted <eos> repeat it (masked out) until all have: padding them
-    with <pad> would have transformers warn, on every unmasked pass, that the input may need a mask.
+    more than the model itself. The prompt pass runs once per distinct prompt and its cache is copied to
+    each row: RL repeats every prompt ``num_generations`` times, and on cards_sft_vs_rl (16 prompts × 8)
+    that pass was 104 of a step's 108 ms of sampling. Rows that emitted <eos> repeat it (masked out) until
+    all have: padding them with <pad> would have transformers warn, on every unmasked pass, that the input
+    may need a mask.
     """
     device = next(model.parameters()).device
-    ids, mask = left_pad([e.prompt for e in examples], tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
+    prompts = [tuple(e.prompt) for e in examples]
+    distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}  # prompt → its row in the prompt pass
+    inverse = torch.tensor([distinct[p] for p in prompts], device=device)  # [B]
+    ids, mask = left_pad(list(distinct), tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)  # [U, P]
     was_training = model.training
     model.eval()
     padded = not bool(mask.all())  # without left padding the model's own causal mask and positions are right
-    pos = positions(mask)  # [B, P]
+    pos = positions(mask)
     out = model(ids, **_padding(model, ids, mask, pos, padded), use_cache=True)
-    pos, attn = pos[:, -1:], mask
+    cache, logits = out.cache, out.logits[inverse, -1]  # [B, V]
+    if len(distinct) < len(prompts):
+        cache.reorder_cache(inverse)
+    ids, attn, pos = ids[inverse], mask[inverse], pos[inverse, -1:]  # [B, P], [B, P], [B, 1]
     done = torch.zeros(len(examples), dtype=torch.bool, device=device)
     tokens = []
     for _ in range(max_new_tokens):
-        logits = out.logits[:, -1].float()  # [B, V]
+        logits = logits.float()
         if greedy:
             tok = logits.argmax(-1)
         else:  # weights ∝ softmax (multinomial normalises), without torch.softmax's slow path on short rows
@@ -87,17 +96,19 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
         tok = tok.masked_fill(done, tokenizer.eos_token_id)  # [B]
         tokens.append(tok)
         done |= tok == tokenizer.eos_token_id
-        if done.all():
+        if done.all() or len(tokens) == max_new_tokens:  # no pass for a token that will not be sampled
             break
-        pos, attn = pos + 1, torch.cat([attn, torch.ones_like(mask[:, :1])], 1)
+        pos, attn = pos + 1, torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
         step = tok[:, None]
-        out = model(step, **_padding(model, step, attn, pos, padded), cache=out.cache, use_cache=True)
+        out = model(step, **_padding(model, step, attn, pos, padded), cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
     model.train(was_training)
     comp = torch.stack(tokens, 1)  # [B, C]
     is_eos = comp == tokenizer.eos_token_id
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first <eos>
     comp_mask = (~after_eos).long()
-    return Rollout(torch.cat([ids, comp], 1), torch.cat([mask, comp_mask], 1), comp_mask, ids.shape[1])
+    P = ids.shape[1]
+    return Rollout(torch.cat([ids, comp], 1), torch.cat([attn[:, :P], comp_mask], 1), comp_mask, P)
 
 
 @dataclass
