@@ -64,6 +64,14 @@ def test_fields_the_yaml_leaves_out_are_overridable(compose_cfg):
     assert spec.task.branches["A"].p_one == 0.7
 
 
+@pytest.mark.parametrize("std", [0.02, 1.0])
+def test_model_init_std_sets_the_initial_weights(make_toy, std):
+    from rlcircuits.models.gpt2 import GPT2ModelConfig, build_gpt2
+
+    model = build_gpt2(GPT2ModelConfig(d_model=16, n_heads=4, d_mlp=64, init_std=std), make_toy())
+    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(std, rel=0.05)
+
+
 @pytest.mark.parametrize("analysis", options("analysis"))
 def test_every_analysis_validates_on_its_task(compose_cfg, analysis):
     experiment = "toy_kl" if analysis == "kl_optimum" else "cards_sft_vs_rl"
@@ -87,6 +95,7 @@ def test_unknown_option_lists_valid_ones(compose_cfg):
     ("trainer.lr=0", "trainer.lr"),
     ("base.trainer.steps=0", "base.trainer.steps"),
     ("model.n_heads=2", "model.n_heads"),
+    ("model.init_std=0", "model.init_std"),
     ("device=tpu", "device"),
     ("logger=wandb", None),
     ("logger=wandb logger.mode=sometimes", "logger.mode"),

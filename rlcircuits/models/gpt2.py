@@ -27,6 +27,7 @@ class GPT2ModelConfig:
     d_mlp: int = 2  # MLP hidden width
     n_positions: int = 0  # context length; 0 = the task's longest sequence
     activation: str = "gelu_new"
+    init_std: float = 0.02  # std of the initial weights (GPT2Config.initializer_range)
     dropout: float = 0.0
     attention: str = "sdpa"  # sdpa | eager | exp_softmax (faster on CPU when attention rows are < 16 keys)
 
@@ -36,6 +37,7 @@ class GPT2ModelConfig:
         check(self.d_model % self.n_heads == 0, "n_heads",
               f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         check(self.n_positions >= 0, "n_positions", "must be ≥ 0 (0 = sized to the task)")
+        check(self.init_std > 0, "init_std", f"{self.init_std} must be > 0")
         check(0 <= self.dropout < 1, "dropout", f"{self.dropout} is not in [0, 1)")
         check(self.attention in ATTENTION, "attention", f"{self.attention!r} is not one of {', '.join(ATTENTION)}")
 
@@ -54,6 +56,7 @@ def build_gpt2(cfg: GPT2ModelConfig, task: Task) -> GPT2LMHeadModel:
         n_head=cfg.n_heads,
         n_inner=cfg.d_mlp,
         activation_function=cfg.activation,
+        initializer_range=cfg.init_std,
         resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout,
         attn_pdrop=cfg.dropout,
