@@ -8,7 +8,7 @@ correlation between χ and the features the last position's logits are made of (
 parity stalls*): if none correlates, RL reweights the branches and stops. For each run's base and policy
 this prints, over every prefix of each coin-flip branch, the largest |corr(feature, χ)| among the last
 position's residual-stream dimensions after each block and its MLP hidden units, and the policy's last-bit
-log-odds' correlation with χ (±1 once RL has learned the parity).
+log-odds' |correlation| with χ (near 1 once RL has learned the parity).
 """
 
 import argparse
