@@ -84,7 +84,8 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
     cache, logits = out.cache, out.logits[inverse, -1]  # [B, V]
     if len(distinct) < len(prompts):
         cache.reorder_cache(inverse)
-    ids, attn, pos = ids[inverse], mask[inverse], pos[inverse, -1:]  # [B, P], [B, P], [B, 1]
+    ids, mask, pos = ids[inverse], mask[inverse], pos[inverse, -1:]  # [B, P], [B, P], [B, 1]
+    attn = mask
     done = torch.zeros(len(examples), dtype=torch.bool, device=device)
     tokens = []
     for _ in range(max_new_tokens):
@@ -107,8 +108,7 @@ def sample(model, examples: list[Example], tokenizer, max_new_tokens: int, greed
     is_eos = comp == tokenizer.eos_token_id
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first <eos>
     comp_mask = (~after_eos).long()
-    P = ids.shape[1]
-    return Rollout(torch.cat([ids, comp], 1), torch.cat([attn[:, :P], comp_mask], 1), comp_mask, P)
+    return Rollout(torch.cat([ids, comp], 1), torch.cat([mask, comp_mask], 1), comp_mask, ids.shape[1])
 
 
 @dataclass
