@@ -7,8 +7,9 @@ bit, whose optimal odds depend on the parity χ of the bits before it. RL's grad
 correlation between χ and the features the last position's logits are made of (docs/toy_kl.md, *Why
 parity stalls*): if none correlates, RL reweights the branches and stops. For each run's base and policy
 this prints, over every prefix of each coin-flip branch, the largest |corr(feature, χ)| among the last
-position's residual-stream dimensions after each block and its MLP hidden units, and the policy's last-bit
-log-odds' |correlation| with χ (near 1 once RL has learned the parity).
+position's residual-stream dimensions after each block and its MLP hidden units, the last-bit log-odds'
+|correlation| with χ (near 1 once RL has learned the parity), and how much the last position reads the bit
+it reads least (0: it ignores one, and every one of its features is then exactly uncorrelated with χ).
 """
 
 import argparse
@@ -48,7 +49,20 @@ def parity_features(model, task, branch: str) -> dict[str, float]:
     row |= {f"mlp {i}": max_abs_corr(h, chi) for i, h in enumerate(hidden, 1)}
     log_odds = out.logits[:, -1, one] - out.logits[:, -1, zero]
     row["last-bit log-odds"] = max_abs_corr(log_odds[:, None], chi)
+    row["least-read bit"] = least_read_bit(out.hidden_states[-1][:, -1])
     return row
+
+
+def least_read_bit(final: torch.Tensor) -> float:
+    """How much the last position's final hidden state ``final`` [2^k, D] (rows in ``itertools.product``
+    order) moves when one bit of the prefix is flipped, for the bit that moves it least: the mean distance
+    between the rows of prefixes that differ in that bit, over the rows' mean distance from their mean.
+    Near 0 means the last position ignores a bit, and then every feature it has is exactly uncorrelated
+    with the parity of all of them."""
+    n, index = final.shape[0], torch.arange(final.shape[0])
+    spread = (final - final.mean(0)).norm(dim=1).mean()
+    moves = [(final - final[index ^ (1 << j)]).norm(dim=1).mean() for j in range(n.bit_length() - 1)]
+    return (min(moves) / spread).item()
 
 
 def main():
