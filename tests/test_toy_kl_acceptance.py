@@ -14,12 +14,13 @@ BOUND = 0.03
 
 def test_default_toy_kl_reaches_the_exact_optimum(tmp_path, monkeypatch, compose_cfg):
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("experiment=toy_kl", "alpha=1.0", "seed=3")
+    # seed 4: default SFT stalls on some seeds (3 and 5 of 0–5 with today's libraries), and a stalled base's C
+    # branch barely tilts, which the last check below would (rightly) not accept as a test of RL
+    cfg = compose_cfg("experiment=toy_kl", "alpha=1.0", "seed=4")
     run(cfg)
     results = load_results(tmp_path)
     assert results["tv_base_data"] <= BOUND
-    assert results["tv_optimal_closed_form"] <= BOUND  # the trained base is near-perfect
-    assert results["tv_policy_optimal"] <= BOUND
+    assert results["tv_policy_optimal"] <= BOUND  # the optimum under this base, whatever its excess loss
 
     task = ToyABC(validate(ToyABCConfig, cfg.task, "task"))
     policy = AutoModelForCausalLM.from_pretrained(results["checkpoints"]["policy"]).eval()
@@ -30,3 +31,14 @@ def test_default_toy_kl_reaches_the_exact_optimum(tmp_path, monkeypatch, compose
     # reweighting the base's branches alone misses C's tilt toward 1s (0.67 : 0.09 : 0.24 against 0.53 : 0.07 : 0.40)
     assert total_variation(results["distribution"]["base"], results["distribution"]["optimal"]) > 0.1
     assert results["tv_policy_branches_only"] > 0.1
+
+
+def test_a_near_perfect_base_has_the_closed_form_optimum(tmp_path, monkeypatch, compose_cfg):
+    """The enumerated optimum equals the perfect-base closed form once the base's excess loss is near zero.
+    Default SFT (2,000 steps) stalls on some seeds — seed 3 here at 0.35 nats (docs/toy_kl.md, *The base:
+    SFT stalls*) — so this base trains for 4,000; RL barely runs, as only the base's optimum is checked."""
+    monkeypatch.chdir(tmp_path)
+    run(compose_cfg("experiment=toy_kl", "alpha=1.0", "seed=3", "base.trainer.steps=4000", "trainer.steps=10"))
+    results = load_results(tmp_path)
+    assert results["base_excess_loss"] <= 0.005
+    assert results["tv_optimal_closed_form"] <= BOUND
