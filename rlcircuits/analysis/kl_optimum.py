@@ -19,6 +19,7 @@ distributions (the malformed share counted as one more outcome).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from rlcircuits.models.softmax import log_softmax
 from rlcircuits.registry import check
 from rlcircuits.tasks.toy_abc import MALFORMED, ToyABC
 from rlcircuits.trainers.rollout import sample
+
+log = logging.getLogger(__name__)
+STALLED = 0.05  # nats of excess loss above which a base's SFT has stalled (docs/toy_kl.md, "The base: SFT stalls")
 
 
 @dataclass
@@ -232,13 +236,19 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
     }
     names = task.branches
     plot_distributions(dists, names, cfg.alpha, out_dir / "plots" / "branch_distribution.png")
+    excess = excess_loss(task, logp, branches)
+    if excess > STALLED:
+        log.warning("the base is %.3f nats per sequence above the data's entropy: its SFT stalled or was cut "
+                    "short, so its optimum is not the perfect base's (TV %.3f from the closed form). Another "
+                    "seed or more base.trainer.steps usually trains it (docs/toy_kl.md, 'The base: SFT stalls')",
+                    excess, total_variation(optimal, dists["closed_form"]))
     return {
         "alpha": cfg.alpha,
         "branches": names,
         "distribution": {k: {n: d[n] for n in names} for k, d in dists.items()},
         "malformed": {k: d[MALFORMED] for k, d in dists.items()},
         "mass_outside_enumeration": outside,
-        "base_excess_loss": excess_loss(task, logp, branches),
+        "base_excess_loss": excess,
         "tv_policy_optimal": total_variation(dists["policy"], optimal),
         "tv_base_data": total_variation(dists["base"], {n: task.cfg.branches[n].prob for n in names}),
         "tv_optimal_closed_form": total_variation(optimal, dists["closed_form"]),
