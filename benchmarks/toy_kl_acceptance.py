@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from rlcircuits.analysis.kl_optimum import sampled_shares, total_variation
@@ -30,10 +31,7 @@ def one_run(alpha: float, seed: int, overrides: list[str], folder: Path) -> dict
            f"hydra.run.dir={folder}", *overrides]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"})
     results = load_results(folder)
-    task_cfg = (folder / ".hydra" / "config.yaml")
-    from omegaconf import OmegaConf
-
-    task = ToyABC(validate(ToyABCConfig, OmegaConf.load(task_cfg).task, "task"))
+    task = ToyABC(validate(ToyABCConfig, OmegaConf.load(folder / ".hydra" / "config.yaml").task, "task"))
     policy = AutoModelForCausalLM.from_pretrained(results["checkpoints"]["policy"]).eval()
     optimal = results["distribution"]["optimal"] | {"malformed": results["malformed"]["optimal"]}
     resampled = sampled_shares(policy, task, 16384, seed=10_000 + seed)  # an independent draw
