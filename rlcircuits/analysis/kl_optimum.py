@@ -236,12 +236,12 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
     }
     names = task.branches
     plot_distributions(dists, names, cfg.alpha, out_dir / "plots" / "branch_distribution.png")
-    excess = excess_loss(task, logp, branches)
+    excess, tv_closed_form = excess_loss(task, logp, branches), total_variation(optimal, dists["closed_form"])
     if excess > STALLED:
         log.warning("the base is %.3f nats per sequence above the data's entropy: its SFT stalled or was cut "
                     "short, so its optimum is not the perfect base's (TV %.3f from the closed form). Another "
                     "seed or more base.trainer.steps usually trains it (docs/toy_kl.md, 'The base: SFT stalls')",
-                    excess, total_variation(optimal, dists["closed_form"]))
+                    excess, tv_closed_form)
     return {
         "alpha": cfg.alpha,
         "branches": names,
@@ -251,7 +251,7 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "base_excess_loss": excess,
         "tv_policy_optimal": total_variation(dists["policy"], optimal),
         "tv_base_data": total_variation(dists["base"], {n: task.cfg.branches[n].prob for n in names}),
-        "tv_optimal_closed_form": total_variation(optimal, dists["closed_form"]),
+        "tv_optimal_closed_form": tv_closed_form,
         "tv_policy_branches_only": total_variation(dists["policy"], dists["branches_only"]),
     }
 
