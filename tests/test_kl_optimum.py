@@ -12,7 +12,10 @@ from rlcircuits.analysis.kl_optimum import (
     closed_form,
     exact_optimum,
     reweighted_branch_marginals,
+    sequence_kl,
     sequence_logprobs,
+    sequence_tv,
+    tilted,
     tilted_branch_marginals,
     total_variation,
 )
@@ -71,6 +74,16 @@ def test_exact_objective_peaks_at_the_optimum_and_its_gap_is_alpha_times_kl(make
     kl = (lp.exp() * (lp - obj.log_optimum)).sum() + m * (m / m_star).log()  # KL(π‖π*), N + 1 outcomes
     report = obj.report(other)
     assert report["kl_optimum"] == pytest.approx(float(kl), rel=1e-6) and float(kl) > 0.01
+    # what results.json reports, from kl_optimum's own functions: the same KL, and KL(π*‖π) the other way
+    log_star, m_tilted = tilted(obj.lb, obj.r, alpha, obj.m_base, obj.r_m)
+    assert torch.allclose(log_star, obj.log_optimum) and m_tilted == pytest.approx(float(m_star), rel=1e-9)
+    assert sequence_kl(lp, float(m), log_star, m_tilted) == pytest.approx(float(kl), rel=1e-6)
+    forward = (log_star.exp() * (log_star - lp)).sum() + m_star * (m_star / m).log()
+    assert sequence_kl(log_star, m_tilted, lp, float(m)) == pytest.approx(float(forward), rel=1e-6)
+    assert not math.isclose(float(forward), float(kl), rel_tol=0.01)  # the two directions differ
+    tv = 0.5 * ((lp.exp() - log_star.exp()).abs().sum() + (m - m_star).abs())
+    assert sequence_tv(lp, float(m), log_star, m_tilted) == pytest.approx(float(tv), rel=1e-6)
+    assert float(tv) <= math.sqrt(float(kl) / 2)  # Pinsker: the bound docs/toy_kl.md quotes
     assert report["J"] == pytest.approx(report["reward"] - alpha * report["kl_base"])
     assert obj.report(base)["kl_base"] == pytest.approx(0, abs=1e-9)
 

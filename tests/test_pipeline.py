@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -85,6 +86,8 @@ def test_toy_kl_results_layout(tmp_path, monkeypatch, compose_cfg, caplog):
         assert set(shares) == {"A", "B", "C"}
         assert 0.99 <= sum(shares.values()) + results["malformed"][kind] <= 1.01
     assert headline == results["tv_policy_optimal"]
+    kl_both_ways = results["kl_policy_optimal"], results["kl_optimal_policy"]
+    assert 0 < results["tv_sequences_policy_optimal"] <= min(math.sqrt(kl / 2) for kl in kl_both_ways)  # Pinsker
     assert (tmp_path / "plots" / "branch_distribution.png").stat().st_size > 0
 
 

@@ -1,6 +1,7 @@
 """Issue 2's acceptance check, scaled down to one α for CI (benchmarks/toy_kl_acceptance.py runs the
-full grid): the RL policy reaches the exact KL-regularised optimum, and stays there when its checkpoint is
-re-sampled independently; the base is near-perfect, and its enumerated optimum is the closed form's."""
+full grid): the RL policy reaches the exact KL-regularised optimum — its branch shares and its whole
+sequence distribution — and stays there when its checkpoint is re-sampled independently; the base is
+near-perfect, and its enumerated optimum is the closed form's."""
 
 from transformers import AutoModelForCausalLM
 
@@ -21,6 +22,7 @@ def test_default_toy_kl_reaches_the_exact_optimum(tmp_path, monkeypatch, compose
     assert results["base_excess_loss"] <= 0.005  # near-perfect, so its optimum must be the closed form's
     assert results["tv_optimal_closed_form"] <= BOUND
     assert results["tv_policy_optimal"] <= BOUND
+    assert results["tv_sequences_policy_optimal"] <= BOUND  # whole sequences too, not only branch shares
     assert "SFT stalled" not in caplog.text
 
     task = ToyABC(validate(ToyABCConfig, cfg.task, "task"))

@@ -11,7 +11,11 @@ versions of its branch marginals are computed, each independently:
   continuations (∝ P_b·exp(E_base[r | b]/α)). A policy near it and far from ``optimal`` has learned nothing
   inside the branches: where RL stalls on the parity rewards (docs/toy_kl.md, "Why parity stalls").
 ``tv_policy_optimal`` is the total-variation distance between the policy's and the optimum's branch
-distributions (the malformed share counted as one more outcome).
+distributions (the malformed share counted as one more outcome). Branch shares can agree while the bits
+inside a branch do not, so the policy is also enumerated for its exact distances from π* over whole
+sequences, malformed ones lumped into one outcome: ``tv_sequences_policy_optimal``, ``kl_policy_optimal`` =
+KL(π‖π*), which is (J* − J(π))/α — the objective RL leaves on the table, in nats — and ``kl_optimal_policy``
+= KL(π*‖π), the one ``trainer.objective=dpg`` minimises.
 
     python run.py experiment=toy_kl alpha=0.5
 """
@@ -70,6 +74,29 @@ def sequence_logprobs(model, ids: torch.Tensor, batch_size: int = 4096) -> torch
     return torch.cat(out)
 
 
+def tilted(logp: torch.Tensor, rewards: torch.Tensor, alpha: float, outside: float = 0.0,
+           invalid_reward: float = 0.0) -> tuple[torch.Tensor, float]:
+    """π ∝ p·exp(r/α) over enumerated sequences, from their ``logp [N]`` and ``rewards [N]``: its
+    log-probabilities ``[N]`` (float64) and its mass outside them. ``outside`` is p's mass on sequences not
+    enumerated, all of reward ``invalid_reward``."""
+    logw = logp.double() + rewards.double() / alpha  # [N]
+    terms = [logw]
+    if outside > 0:
+        terms.append(torch.tensor([math.log(outside) + invalid_reward / alpha], dtype=torch.double))
+    log_z = torch.logsumexp(torch.cat(terms), 0)
+    rest = math.exp(math.log(outside) + invalid_reward / alpha - log_z) if outside > 0 else 0.0
+    return logw - log_z, rest
+
+
+def branch_shares(logp: torch.Tensor, branches: list[str], names: list[str]) -> dict[str, float]:
+    """Each branch's share of the enumerated sequences' mass ``exp(logp) [N]``, and the rest as ``malformed``."""
+    idx = torch.tensor([names.index(b) for b in branches])
+    shares = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, logp.double().exp())
+    out = {n: float(s) for n, s in zip(names, shares)}
+    out[MALFORMED] = max(0.0, 1.0 - sum(out.values()))
+    return out
+
+
 def tilted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branches: list[str], names: list[str],
                             alpha: float, outside: float = 0.0, invalid_reward: float = 0.0) -> dict[str, float]:
     """Branch marginals of π ∝ p·exp(r/α), from ``logp [N]`` and ``rewards [N]`` of enumerated sequences.
@@ -77,17 +104,23 @@ def tilted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branches:
     ``outside`` is the reference's probability mass on sequences not enumerated, all of reward
     ``invalid_reward``; it becomes the ``malformed`` share.
     """
-    logw = logp.double() + rewards.double() / alpha  # [N]
-    terms = [logw]
-    if outside > 0:
-        terms.append(torch.tensor([math.log(outside) + invalid_reward / alpha], dtype=torch.double))
-    log_z = torch.logsumexp(torch.cat(terms), 0)
-    w = torch.exp(logw - log_z)
-    idx = torch.tensor([names.index(b) for b in branches])
-    shares = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, w)
-    out = {n: float(s) for n, s in zip(names, shares)}
-    out[MALFORMED] = max(0.0, 1.0 - sum(out.values()))
-    return out
+    return branch_shares(tilted(logp, rewards, alpha, outside, invalid_reward)[0], branches, names)
+
+
+def sequence_tv(logp: torch.Tensor, rest_p: float, logq: torch.Tensor, rest_q: float) -> float:
+    """Total variation between two distributions over the enumerated sequences (``logp``, ``logq [N]``) plus
+    the rest of the space as one outcome of mass ``rest_p`` / ``rest_q``."""
+    return 0.5 * (float((logp.double().exp() - logq.double().exp()).abs().sum()) + abs(rest_p - rest_q))
+
+
+def sequence_kl(logp: torch.Tensor, rest_p: float, logq: torch.Tensor, rest_q: float) -> float:
+    """KL(p‖q) in nats over the enumerated sequences (``logp``, ``logq [N]``) plus the rest of the space as one
+    outcome of mass ``rest_p`` / ``rest_q``; infinite where q misses mass p has."""
+    p = logp.double().exp()
+    kl = float((p * (logp.double() - logq.double())).sum())
+    if rest_p > 0:
+        kl += rest_p * (math.log(rest_p) - math.log(rest_q)) if rest_q > 0 else math.inf
+    return kl
 
 
 def reweighted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branches: list[str], names: list[str],
@@ -226,7 +259,9 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
     policy = AutoModelForCausalLM.from_pretrained(checkpoints["policy"]).eval()
     logp, branches, rewards, outside = enumerate_well_formed(base, task, cfg.batch_size)  # under the base, once
     exact = (logp, rewards, branches, task.branches, cfg.alpha, outside, task.cfg.invalid_reward)
-    optimal = tilted_branch_marginals(*exact)
+    log_optimal, optimal_outside = tilted(logp, rewards, cfg.alpha, outside, task.cfg.invalid_reward)
+    optimal = branch_shares(log_optimal, branches, task.branches)
+    policy_logp, _, _, policy_outside = enumerate_well_formed(policy, task, cfg.batch_size)
     dists = {
         "base": sampled_shares(base, task, cfg.n_samples, cfg.seed, cfg.batch_size),
         "policy": sampled_shares(policy, task, cfg.n_samples, cfg.seed + 1, cfg.batch_size),
@@ -253,6 +288,9 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "tv_base_data": total_variation(dists["base"], {n: task.cfg.branches[n].prob for n in names}),
         "tv_optimal_closed_form": tv_closed_form,
         "tv_policy_branches_only": total_variation(dists["policy"], dists["branches_only"]),
+        "tv_sequences_policy_optimal": sequence_tv(policy_logp, policy_outside, log_optimal, optimal_outside),
+        "kl_policy_optimal": sequence_kl(policy_logp, policy_outside, log_optimal, optimal_outside),
+        "kl_optimal_policy": sequence_kl(log_optimal, optimal_outside, policy_logp, policy_outside),
     }
 
 
