@@ -13,6 +13,7 @@ from rlcircuits.trainers.rl_math import (
     adaptive_kl_coef,
     clipped_policy_loss,
     clipped_value_loss,
+    dpg_weights,
     explained_variance,
     full_kl,
     gae,
@@ -229,3 +230,34 @@ def test_reinforce_surrogate_gradient_is_the_exact_gradient(kl):
         assert not torch.allclose(surrogate_grad(own=False), want, atol=1e-3)
     else:  # full_kl_t depends on y_<t only, so its score term has mean 0 either way: own=False drops its noise
         assert torch.allclose(surrogate_grad(own=True), want, atol=1e-5)
+
+
+def test_dpg_surrogate_gradient_is_minus_the_forward_kl_gradient():
+    """DPG's weights (as reinforce.py builds them from the KL-shaped return) are π*/π for π* ∝ π_ref·e^{r/α},
+    average to 1 under π, and weighting each sequence's log-probability by them has the gradient of
+    −KL(π*‖π) — exactly, when the batch is the enumerated space weighted by π."""
+    vocab, length, eos, alpha = 3, 3, 2, 0.7
+    ids, mask = enumerated_sequences(vocab, length, eos)
+    keys = {prefix: i for i, prefix in enumerate({tuple(s[:t]) for s in ids.tolist() for t in range(length)})}
+    g = torch.Generator().manual_seed(1)
+    theta = torch.randn(len(keys), vocab, generator=g).requires_grad_(True)
+    dist_ref = tabular_dists(torch.randn(len(keys), vocab, generator=g), ids, keys)
+    reward = torch.randn(len(ids), generator=g)
+
+    def seq_logp(dist):
+        return (dist.gather(-1, ids[..., None]).squeeze(-1) * mask).sum(-1)  # [N]
+
+    logp_ref = seq_logp(dist_ref)
+    log_star = torch.log_softmax(logp_ref + reward / alpha, 0)  # π*, normalised over the whole space
+    logp = seq_logp(tabular_dists(theta, ids, keys))
+    (want,) = torch.autograd.grad(-(log_star.exp() * (log_star - logp)).sum(), theta, retain_graph=True)
+
+    k1 = ((logp.detach() - logp_ref) / mask.sum(-1))[:, None] * mask  # any split over the tokens will do
+    to_go = kl_returns(reward, k1, mask, alpha, own=True)
+    weights = dpg_weights(to_go[:, 0], alpha, log_p=logp.detach())
+    assert torch.allclose(weights, (log_star - logp).exp().detach(), rtol=1e-5)
+    assert torch.allclose((logp.exp() * weights).sum(), torch.tensor(1.0))
+    (got,) = torch.autograd.grad((logp.detach().exp() * weights * logp).sum(), theta)
+    assert torch.allclose(got, want, atol=1e-6) and want.abs().max() > 0.01
+    uniform = dpg_weights(torch.tensor([0.0, 0.7, -1.4]), alpha)  # a batch sampled from π: equal sample weights
+    assert torch.allclose(uniform, 3 * torch.softmax(torch.tensor([0.0, 0.7, -1.4]) / alpha, 0))

@@ -78,6 +78,7 @@ CASES = {
     "reinforce-prefix": {**RL, "baseline": "prefix"},
     "reinforce-full_kl": {**RL, "baseline": "prefix", "kl": "full"},
     "reinforce-max_kl": {**RL, "baseline": "prefix", "max_kl": 0.02},
+    "reinforce-dpg": {**RL, "baseline": "prefix", "objective": "dpg"},
     "ppo": {**RL, "num_minibatches": 2, "update_epochs": 2},
     "ppo-full_kl": {**RL, "num_minibatches": 2, "kl": "full"},
     "ppo-max_kl": {**RL, "num_minibatches": 2, "max_kl": 0.02},
@@ -174,6 +175,8 @@ def test_trainer_learns_and_changes_every_parameter(case, task, tiny):
     assert expected_reward(policy, task) > expected_reward(tiny, task) + 0.3
     if name != "sft":
         assert {"train/reward", "train/kl"} <= set(logger.rows[0])
+    if "objective" in CASES[case]:  # DPG's weights: an effective sample share in (0, 1]
+        assert all(0 < r["train/ess"] <= 1 for r in logger.rows)
     if "target_kl" in CASES[case]:
         assert len({r["train/kl_coef"] for r in logger.rows}) > 1  # the controller moved α
     if "max_kl" in CASES[case]:  # the line search ran, and every step kept within its budget
@@ -278,6 +281,8 @@ def test_backtrack_halves_the_step_until_the_policy_moved_by_at_most_max_kl():
     ("ppo", "backend=trl", "trainer.backend"),
     ("reinforce", "backend=trl baseline=mean", "trainer.baseline"),
     ("reinforce", "kl=k3", "trainer.kl"),
+    ("reinforce", "objective=forward", "trainer.objective"),
+    ("reinforce", "objective=dpg kl=full", "trainer.objective"),
     ("reinforce", "backend=trl baseline=rloo kl=full", "trainer.kl"),
     ("ppo", "kl=k2", "trainer.kl"),
     ("grpo", "backend=trl kl.placement=reward", "trainer.kl"),

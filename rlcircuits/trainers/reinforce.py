@@ -24,7 +24,18 @@ touches only them. The conf's 10 % warm-up is for the same model: Adam's first s
 the full lr whatever the size of its gradient. ``backend=trl`` runs ``trl.RLOOTrainer`` (baseline=rloo
 and k1 only; sequence-level KL, same objective), with the line search as a callback (``trl_backend.py``).
 
+``objective=dpg`` swaps what each token is weighted by: instead of its return, its sequence's importance
+weight π*(y)/π(y) (``dpg_weights``: exp(R/α) normalised over the batch), the same prefix baseline
+subtracted. That is distributional policy gradient (Khalifa et al. 2021; Korbak et al. 2022 compare it with
+KL-penalised RL): a sampled gradient of −KL(π*‖π), the other direction of the same divergence, with the same
+optimum π* when the model can represent it. When it cannot, the two part: RL's KL(π‖π*) is mode-seeking
+and the reward-maximising policy of a model that cannot tilt a branch puts less mass on it, while KL(π*‖π)
+splits into the branch token's KL plus the branches' own, so DPG matches π*'s branch shares even where it
+fits the bits inside a branch poorly. No library implements it for causal LMs (the authors' ``disco`` is not
+on our index), and it is REINFORCE's loop with another weight, hence here.
+
     python run.py experiment=toy_kl trainer=reinforce alpha=0.5
+    python run.py experiment=toy_kl trainer.objective=dpg alpha=0.5
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
 from rlcircuits.trainers import TRAINERS, train_with_trl
 from rlcircuits.trainers.common import TrainerConfig, collect, log_step, optimizer_and_schedule, step_within_kl
-from rlcircuits.trainers.rl_math import full_kl, group_baseline, kl_returns, prefix_baseline
+from rlcircuits.trainers.rl_math import dpg_weights, full_kl, group_baseline, kl_returns, prefix_baseline
 from rlcircuits.trainers.rollout import reference_scores, score
 
 
@@ -52,6 +63,7 @@ class ReinforceConfig(TrainerConfig):
     baseline: str = "rloo"  # rloo (leave-one-out over the group) | prefix (… sharing the prefix; conf default) | mean
     kl: str = "k1"  # k1 (each sampled token's log-ratio) | full (each position's exact KL over the vocabulary)
     max_kl: float = 0.0  # > 0: halve a step until the policy moved by ≤ this many nats per sequence (0 = off)
+    objective: str = "rl"  # rl (max E[r] − α·KL(π‖π_ref), i.e. min KL(π‖π*)) | dpg (min KL(π*‖π))
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,6 +78,9 @@ class ReinforceConfig(TrainerConfig):
         check(self.backend != "trl" or self.kl == "k1", "kl",
               "TRL's RLOOTrainer has only k1: use kl=k1, or backend=native")
         check(self.max_kl >= 0, "max_kl", f"{self.max_kl} must be ≥ 0 (0 turns the line search off)")
+        check(self.objective in ("rl", "dpg"), "objective", f"{self.objective!r} is not one of rl, dpg")
+        check(self.objective == "rl" or (self.backend == "native" and self.kl == "k1" and self.alpha > 0), "objective",
+              "dpg needs backend=native, kl=k1 (its weight is the sampled sequence's log-ratio) and alpha > 0")
 
 
 @TRAINERS.register("reinforce", schema=ReinforceConfig)
@@ -92,6 +107,11 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
         penalty = kl_tok.detach()
         kl = penalty.sum(-1)  # [B] sequence KL (exact per position, or its k1 estimate)
         to_go = kl_returns(reward, penalty, mask, cfg.alpha, own=not full)  # [B, C] G_t
+        extra = {}
+        if cfg.objective == "dpg":  # every token carries its sequence's π*/π; G_0 is the whole return R
+            weight = dpg_weights(to_go[:, 0], cfg.alpha)  # [B]
+            to_go = weight[:, None] * mask
+            extra["train/ess"] = weight.sum() ** 2 / (weight**2).sum() / len(weight)  # effective sample share
         if cfg.baseline == "prefix":
             baseline = prefix_baseline(to_go, rollout.sequences[:, rollout.prompt_len:], cfg.num_generations)
         else:
@@ -103,5 +123,5 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
         grad_norm, search = step_within_kl(policy, opt, sched, cfg, rollout, new.logp.detach(), cfg.max_kl)
         log_step(logger, bar, {"train/reward": reward.mean(), "train/kl": kl.mean(), "train/loss": loss,
                                "train/objective": (reward - cfg.alpha * kl).mean(), "train/grad_norm": grad_norm,
-                               "train/lr": sched.get_last_lr()[0], **search}, step, stage, cfg, policy, task, seed)
+                               "train/lr": sched.get_last_lr()[0], **search, **extra}, step, stage, cfg, policy, task, seed)
     return policy

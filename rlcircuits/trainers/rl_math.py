@@ -6,6 +6,8 @@ Conventions: ``logp`` is the log-probability of sampled tokens under the policy 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -51,6 +53,19 @@ def kl_returns(reward: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, alpha
     if not own:
         to_go = to_go - kl
     return (reward[:, None] - alpha * to_go) * mask
+
+
+def dpg_weights(returns: torch.Tensor, alpha: float, log_p: torch.Tensor | None = None) -> torch.Tensor:
+    """π*(y)/π(y) for samples y of π, self-normalised, ``[B]``: the importance weights of distributional
+    policy gradient (Khalifa et al. 2021), which minimises KL(π*‖π) for π* ∝ π_ref·exp(r/α).
+
+    ``returns [B]`` are the KL-shaped returns R = r − α·log(π(y)/π_ref(y)), so R/α = log(π*(y)/π(y)) + log Z
+    and exp(R/α), normalised over the samples, estimates π*/π without knowing Z. ``log_p [B]`` weighs the
+    samples (default: equally, a batch drawn from π; an enumeration passes log π), and the weights average
+    to 1 under it.
+    """
+    log_p = torch.full_like(returns, -math.log(len(returns))) if log_p is None else log_p
+    return torch.exp(returns / alpha - torch.logsumexp(returns / alpha + log_p, 0))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
