@@ -259,5 +259,5 @@ def test_dpg_surrogate_gradient_is_minus_the_forward_kl_gradient():
     assert torch.allclose((logp.exp() * weights).sum(), torch.tensor(1.0))
     (got,) = torch.autograd.grad((logp.detach().exp() * weights * logp).sum(), theta)
     assert torch.allclose(got, want, atol=1e-6) and want.abs().max() > 0.01
-    uniform = dpg_weights(torch.tensor([0.0, 0.7, -1.4]), alpha)  # a batch sampled from π: equal sample weights
-    assert torch.allclose(uniform, 3 * torch.softmax(torch.tensor([0.0, 0.7, -1.4]) / alpha, 0))
+    returns = torch.tensor([[0.0, 0.7, -1.4], [2.0, 2.5, 1.0]])  # two prompts' samples from π, equally weighted
+    assert torch.allclose(dpg_weights(returns, alpha), 3 * torch.softmax(returns / alpha, -1))  # each its own Z

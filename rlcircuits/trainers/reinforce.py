@@ -31,8 +31,9 @@ KL-penalised RL): a sampled gradient of −KL(π*‖π), the other direction of 
 optimum π* when the model can represent it. When it cannot, the two part: RL's KL(π‖π*) is mode-seeking
 and the reward-maximising policy of a model that cannot tilt a branch puts less mass on it, while KL(π*‖π)
 splits into the branch token's KL plus the branches' own, so DPG matches π*'s branch shares even where it
-fits the bits inside a branch poorly. No library implements it for causal LMs (the authors' ``disco`` is not
-on our index), and it is REINFORCE's loop with another weight, hence here.
+fits the bits inside a branch poorly. Z, so the normalisation, depends on the prompt: weights are normalised
+within each prompt's ``num_generations`` samples. TRL has no DPG trainer, and it is REINFORCE's loop with
+another weight, hence here.
 
     python run.py experiment=toy_kl trainer=reinforce alpha=0.5
     python run.py experiment=toy_kl trainer.objective=dpg alpha=0.5
@@ -109,7 +110,7 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
         to_go = kl_returns(reward, penalty, mask, cfg.alpha, own=not full)  # [B, C] G_t
         extra = {}
         if cfg.objective == "dpg":  # every token carries its sequence's π*/π; G_0 is the whole return R
-            weight = dpg_weights(to_go[:, 0], cfg.alpha)  # [B]
+            weight = dpg_weights(to_go[:, 0].view(-1, cfg.num_generations), cfg.alpha).view(-1)  # [B], per prompt
             to_go = weight[:, None] * mask
             extra["train/ess"] = weight.sum() ** 2 / (weight**2).sum() / len(weight)  # effective sample share
         if cfg.baseline == "prefix":

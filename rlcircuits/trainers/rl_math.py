@@ -56,16 +56,17 @@ def kl_returns(reward: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, alpha
 
 
 def dpg_weights(returns: torch.Tensor, alpha: float, log_p: torch.Tensor | None = None) -> torch.Tensor:
-    """π*(y)/π(y) for samples y of π, self-normalised, ``[B]``: the importance weights of distributional
-    policy gradient (Khalifa et al. 2021), which minimises KL(π*‖π) for π* ∝ π_ref·exp(r/α).
+    """π*(y)/π(y) for samples y of π, self-normalised along the last dim (one prompt's samples), shape of
+    ``returns``: the importance weights of distributional policy gradient (Khalifa et al. 2021), which
+    minimises KL(π*‖π) for π* ∝ π_ref·exp(r/α).
 
-    ``returns [B]`` are the KL-shaped returns R = r − α·log(π(y)/π_ref(y)), so R/α = log(π*(y)/π(y)) + log Z
-    and exp(R/α), normalised over the samples, estimates π*/π without knowing Z. ``log_p [B]`` weighs the
+    ``returns`` are the KL-shaped returns R = r − α·log(π(y)/π_ref(y)), so R/α = log(π*(y)/π(y)) + log Z
+    and exp(R/α), normalised over the samples, estimates π*/π without knowing Z. ``log_p`` weighs the
     samples (default: equally, a batch drawn from π; an enumeration passes log π), and the weights average
     to 1 under it.
     """
-    log_p = torch.full_like(returns, -math.log(len(returns))) if log_p is None else log_p
-    return torch.exp(returns / alpha - torch.logsumexp(returns / alpha + log_p, 0))
+    log_p = torch.full_like(returns, -math.log(returns.shape[-1])) if log_p is None else log_p
+    return torch.exp(returns / alpha - torch.logsumexp(returns / alpha + log_p, -1, keepdim=True))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
