@@ -195,17 +195,24 @@ def tabular_dists(theta: torch.Tensor, ids: torch.Tensor, keys: dict) -> torch.T
     return torch.log_softmax(theta[torch.tensor(rows)], -1)
 
 
+def tabular_problem(seed: int):
+    """A tabular policy (logits θ, with grad) and reference over every completion of ≤ 3 tokens of a 3-token
+    vocabulary, and a random reward per sequence: ids, mask, prefix keys, θ, π_ref's log-dists, rewards."""
+    vocab, length, eos = 3, 3, 2
+    ids, mask = enumerated_sequences(vocab, length, eos)
+    keys = {prefix: i for i, prefix in enumerate({tuple(s[:t]) for s in ids.tolist() for t in range(length)})}
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(len(keys), vocab, generator=g).requires_grad_(True)
+    dist_ref = tabular_dists(torch.randn(len(keys), vocab, generator=g), ids, keys)
+    return ids, mask, keys, theta, dist_ref, torch.randn(len(ids), generator=g)
+
+
 @pytest.mark.parametrize("kl", ["k1", "full"])
 def test_reinforce_surrogate_gradient_is_the_exact_gradient(kl):
     """Summed over every sequence with its probability as weight, REINFORCE's surrogate (as the trainer builds
     it from kl_returns and full_kl) has exactly the gradient of E[r] − α·KL(π‖π_ref): both KL forms."""
-    vocab, length, eos, alpha = 3, 3, 2, 0.7
-    ids, mask = enumerated_sequences(vocab, length, eos)
-    keys = {prefix: i for i, prefix in enumerate({tuple(s[:t]) for s in ids.tolist() for t in range(length)})}
-    g = torch.Generator().manual_seed(0)
-    theta = torch.randn(len(keys), vocab, generator=g).requires_grad_(True)
-    dist_ref = tabular_dists(torch.randn(len(keys), vocab, generator=g), ids, keys)
-    reward = torch.randn(len(ids), generator=g)
+    alpha = 0.7
+    ids, mask, keys, theta, dist_ref, reward = tabular_problem(seed=0)
 
     def token_logp(dist):
         return dist.gather(-1, ids[..., None]).squeeze(-1) * mask  # [N, T]
@@ -236,13 +243,8 @@ def test_dpg_surrogate_gradient_is_minus_the_forward_kl_gradient():
     """DPG's weights (as reinforce.py builds them from the KL-shaped return) are π*/π for π* ∝ π_ref·e^{r/α},
     average to 1 under π, and weighting each sequence's log-probability by them has the gradient of
     −KL(π*‖π) — exactly, when the batch is the enumerated space weighted by π."""
-    vocab, length, eos, alpha = 3, 3, 2, 0.7
-    ids, mask = enumerated_sequences(vocab, length, eos)
-    keys = {prefix: i for i, prefix in enumerate({tuple(s[:t]) for s in ids.tolist() for t in range(length)})}
-    g = torch.Generator().manual_seed(1)
-    theta = torch.randn(len(keys), vocab, generator=g).requires_grad_(True)
-    dist_ref = tabular_dists(torch.randn(len(keys), vocab, generator=g), ids, keys)
-    reward = torch.randn(len(ids), generator=g)
+    alpha = 0.7
+    ids, mask, keys, theta, dist_ref, reward = tabular_problem(seed=1)
 
     def seq_logp(dist):
         return (dist.gather(-1, ids[..., None]).squeeze(-1) * mask).sum(-1)  # [N]
