@@ -25,15 +25,14 @@ the full lr whatever the size of its gradient. ``backend=trl`` runs ``trl.RLOOTr
 and k1 only; sequence-level KL, same objective), with the line search as a callback (``trl_backend.py``).
 
 ``objective=dpg`` swaps what each token is weighted by: instead of its return, its sequence's importance
-weight π*(y)/π(y) (``dpg_weights``: exp(R/α) normalised over the batch), the same prefix baseline
-subtracted. That is distributional policy gradient (Khalifa et al. 2021; Korbak et al. 2022 compare it with
+weight π*(y)/π(y) (``dpg_weights``: exp(R/α) normalised over each prompt's samples, as Z depends on the
+prompt), the same prefix baseline subtracted. That is distributional policy gradient (Khalifa et al. 2021; Korbak et al. 2022 compare it with
 KL-penalised RL): a sampled gradient of −KL(π*‖π), the other direction of the same divergence, with the same
 optimum π* when the model can represent it. When it cannot, the two part: RL's KL(π‖π*) is mode-seeking
 and the reward-maximising policy of a model that cannot tilt a branch puts less mass on it, while KL(π*‖π)
 splits into the branch token's KL plus the branches' own, so DPG matches π*'s branch shares even where it
-fits the bits inside a branch poorly. Z, so the normalisation, depends on the prompt: weights are normalised
-within each prompt's ``num_generations`` samples. TRL has no DPG trainer, and it is REINFORCE's loop with
-another weight, hence here.
+fits the bits inside a branch poorly. TRL has no DPG trainer, and it is REINFORCE's loop with another
+weight, hence here.
 
     python run.py experiment=toy_kl trainer=reinforce alpha=0.5
     python run.py experiment=toy_kl trainer.objective=dpg alpha=0.5
