@@ -258,7 +258,6 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
     base = AutoModelForCausalLM.from_pretrained(checkpoints["base"]).eval()
     policy = AutoModelForCausalLM.from_pretrained(checkpoints["policy"]).eval()
     logp, branches, rewards, outside = enumerate_well_formed(base, task, cfg.batch_size)  # under the base, once
-    exact = (logp, rewards, branches, task.branches, cfg.alpha, outside, task.cfg.invalid_reward)
     log_optimal, optimal_outside = tilted(logp, rewards, cfg.alpha, outside, task.cfg.invalid_reward)
     optimal = branch_shares(log_optimal, branches, task.branches)
     policy_logp, _, _, policy_outside = enumerate_well_formed(policy, task, cfg.batch_size)
@@ -267,7 +266,8 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "policy": sampled_shares(policy, task, cfg.n_samples, cfg.seed + 1, cfg.batch_size),
         "optimal": optimal,
         "closed_form": closed_form(task, cfg.alpha),
-        "branches_only": reweighted_branch_marginals(*exact),
+        "branches_only": reweighted_branch_marginals(logp, rewards, branches, task.branches, cfg.alpha, outside,
+                                                     task.cfg.invalid_reward),
     }
     names = task.branches
     plot_distributions(dists, names, cfg.alpha, out_dir / "plots" / "branch_distribution.png")
