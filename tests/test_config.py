@@ -96,6 +96,7 @@ def test_unknown_option_lists_valid_ones(compose_cfg):
     ("base.trainer.steps=0", "base.trainer.steps"),
     ("model.n_heads=2", "model.n_heads"),
     ("model.init_std=0", "model.init_std"),
+    ("model.activation=nope", "model.activation"),
     ("device=tpu", "device"),
     ("logger=wandb", None),
     ("logger=wandb logger.mode=sometimes", "logger.mode"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.activations import ACT2CLS
 
 from rlcircuits.models import MODELS
 from rlcircuits.models.softmax import NAME as EXP_SOFTMAX
@@ -26,7 +27,7 @@ class GPT2ModelConfig:
     n_layers: int = 2
     d_mlp: int = 2  # MLP hidden width
     n_positions: int = 0  # context length; 0 = the task's longest sequence
-    activation: str = "gelu_new"
+    activation: str = "gelu_new"  # any of transformers' ACT2FN names (relu: docs/toy_kl.md, parity)
     init_std: float = 0.02  # std of the initial weights (GPT2Config.initializer_range)
     dropout: float = 0.0
     attention: str = "sdpa"  # sdpa | eager | exp_softmax (faster on CPU when attention rows are < 16 keys)
@@ -40,6 +41,7 @@ class GPT2ModelConfig:
         check(self.init_std > 0, "init_std", f"{self.init_std} must be > 0")
         check(0 <= self.dropout < 1, "dropout", f"{self.dropout} is not in [0, 1)")
         check(self.attention in ATTENTION, "attention", f"{self.attention!r} is not one of {', '.join(ATTENTION)}")
+        check(self.activation in ACT2CLS, "activation", f"{self.activation!r} is not one of {', '.join(sorted(ACT2CLS))}")
 
 
 @MODELS.register("gpt2", schema=GPT2ModelConfig)
