@@ -27,7 +27,7 @@ class GPT2ModelConfig:
     n_layers: int = 2
     d_mlp: int = 2  # MLP hidden width
     n_positions: int = 0  # context length; 0 = the task's longest sequence
-    activation: str = "gelu_new"  # any of transformers' ACT2FN names (relu: docs/toy_kl.md, parity)
+    activation: str = "gelu_new"  # any name in transformers' ACT2FN
     init_std: float = 0.02  # std of the initial weights (GPT2Config.initializer_range)
     dropout: float = 0.0
     attention: str = "sdpa"  # sdpa | eager | exp_softmax (faster on CPU when attention rows are < 16 keys)
