@@ -1,18 +1,19 @@
 """Is a toy_kl miss the trainer's or the model's? The best policy the architecture reaches on the exact objective.
 
-    python benchmarks/toy_kl_in_class.py outputs/<date>/<time> [--steps 3000] [--natural 40] [--hessian]
+    python benchmarks/toy_kl_in_class.py outputs/<date>/<time> [--steps 3000] [--natural 40] [--hessian] [--exact-trainer]
 
 Takes a finished toy_kl run (its config in ``.hydra/config.yaml``, its base and policy checkpoints) and
 maximises J(θ) = E_πθ[r] − α·KL(πθ‖π_base) with no sampling: a sum over every well-formed sequence plus one
 lumped malformed outcome, in float64, by full-batch Adam (cosine decay) and then L-BFGS, from the base and
 from the RL policy (``--natural N``: also N exact natural-gradient steps from the RL policy, the Fisher
-enumerated too; ``--hessian``: also the exact Hessian's extreme eigenvalues on L-BFGS's way from the RL
+enumerated too; ``--exact-trainer``: also the run's RL recipe from the base with the exact gradient in place of
+the sampled one; ``--hessian``: also the exact Hessian's extreme eigenvalues on L-BFGS's way from the RL
 policy onto the stationary point near it, to tell a flat saddle from a local maximum). Since
 J(θ) = J* − α·KL(πθ‖π*), the gap to J* is the distance to the optimum. Every iterate is a policy of the
 architecture, so the best one found bounds from below what the architecture can reach: if it lands within
 TV 0.03 of π* and the RL policy does not, the miss is the trainer's; if it misses too, the architecture (or
-its optimisation landscape) is the limit. No library does this optimisation on an enumerated objective,
-hence this script.
+its optimisation landscape) is the limit. The Adam stage is printed on its own, to show what L-BFGS's
+curvature adds. No library does this optimisation on an enumerated objective, hence this script.
 """
 
 import argparse
@@ -30,6 +31,7 @@ from rlcircuits.analysis.kl_optimum import ExactObjective, sequence_logprobs
 from rlcircuits.pipeline import build_spec, load_results
 from rlcircuits.tasks import TASKS
 from rlcircuits.tasks.toy_abc import MALFORMED
+from rlcircuits.trainers.common import backtrack, clip_and_step, optimizer_and_schedule
 
 
 def lbfgs_on(obj: ExactObjective, model, max_iter: int, tolerance_grad: float):
@@ -47,8 +49,8 @@ def lbfgs_on(obj: ExactObjective, model, max_iter: int, tolerance_grad: float):
     return lambda: opt.step(closure)
 
 
-def maximise(obj: ExactObjective, init, steps: int, lr: float):
-    """Full-batch Adam (keeping its best iterate), then L-BFGS until J stops rising; returns the model."""
+def adam(obj: ExactObjective, init, steps: int, lr: float):
+    """Full-batch Adam with cosine decay on −J in float64; returns a copy of ``init`` at its best iterate."""
     model = copy.deepcopy(init).double().train().requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -62,16 +64,50 @@ def maximise(obj: ExactObjective, init, steps: int, lr: float):
         opt.step()
         sched.step()
     model.load_state_dict(best[1])
+    return model.eval()
+
+
+def polish(obj: ExactObjective, init):
+    """L-BFGS from ``init`` (a copy) until J stops rising, never keeping a worse point; returns the model."""
+    model = copy.deepcopy(init).train().requires_grad_(True)
     lbfgs = lbfgs_on(obj, model, max_iter=300, tolerance_grad=1e-12)
     for _ in range(10):
         before, state = obj.report(model)["J"], copy.deepcopy(model.state_dict())
         lbfgs()
         after = obj.report(model)["J"]
-        if not math.isfinite(after) or after < before:  # never keep a worse point
+        if not math.isfinite(after) or after < before:
             model.load_state_dict(state)
             break
         if after - before < 1e-7:
             break
+    return model.eval()
+
+
+def exact_trainer(obj: ExactObjective, init, cfg):
+    """The run's own RL recipe (``cfg``: AdamW, warm-up and decay, clipping, ``max_kl`` line search, steps)
+    driven by the exact gradient of J instead of a sampled one, the line search measuring the exact KL
+    from the step's start; in float32 as the trainer. Where it reaches π* and RL does not, RL's miss is
+    its sampling noise; where it misses too, it is the recipe's step sizes on this landscape."""
+    model = copy.deepcopy(init).float().train().requires_grad_(True)
+    opt, sched = optimizer_and_schedule(model.parameters(), cfg)
+
+    def moved_from(lp0: torch.Tensor):
+        """KL(π_0‖π) over the well-formed sequences plus the malformed lump, π being ``model`` now."""
+        def moved() -> float:
+            with torch.no_grad():
+                lp = sequence_logprobs(model, obj.ids).double()
+            m0, m = ((1 - x.exp().sum()).clamp(min=1e-300) for x in (lp0, lp))
+            return float((lp0.exp() * (lp0 - lp)).sum() + m0 * (m0.log() - m.log()))
+        return moved
+
+    for _ in tqdm(range(cfg.steps), desc="trainer on the exact gradient", leave=False):
+        lp = sequence_logprobs(model, obj.ids).double()
+        before = [q.detach().clone() for q in model.parameters()]
+        opt.zero_grad()
+        (-obj.value(lp)).backward()
+        clip_and_step(model, opt, sched, cfg)
+        if cfg.max_kl:
+            backtrack(model, before, moved_from(lp.detach()), cfg.max_kl)
     return model.eval()
 
 
@@ -124,7 +160,7 @@ def curvature(obj: ExactObjective, init, tolerances=(1e-4, 1e-5, 1e-6), max_iter
     """The exact Hessian of J on the way onto the stationary point L-BFGS heads for from ``init``: stopped
     once no gradient entry exceeds each tolerance in turn (or after ``max_iter`` iterations, when it is still
     climbing), it prints the gradient norm and the Hessian's extreme eigenvalues. At a saddle of J (we
-    maximise) the largest is positive, and gradient ascent leaves along it at a rate lr·λ_max per step, while
+    maximise J) the largest is positive, and gradient ascent leaves along it at a rate lr·λ_max per step, while
     it is stable only for lr < 2/|λ_min|; a largest eigenvalue that shrinks as the gradient does marks a
     degenerate saddle, flat to second order."""
     model = copy.deepcopy(init).double().train().requires_grad_(True)
@@ -151,6 +187,8 @@ def main():
     parser.add_argument("--hessian", action="store_true",
                         help="also print the exact Hessian's extreme eigenvalues on the way onto the RL policy's "
                              "stationary point")
+    parser.add_argument("--exact-trainer", action="store_true",
+                        help="also run the run's own RL recipe from the base on the exact gradient (no sampling)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = build_spec(OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml"))
@@ -165,10 +203,13 @@ def main():
     if args.hessian:
         curvature(obj, policy)
     rows = {"RL policy": policy}
+    if args.exact_trainer:
+        rows["trainer on the exact gradient"] = exact_trainer(obj, base, spec.arms["policy"])
     if args.natural:
         rows["natural gradient from RL policy"] = natural_ascent(obj, policy, args.natural)
     for label, init in (("base", base), ("RL policy", policy)):
-        rows[f"in-class from {label}"] = maximise(obj, init, args.steps, args.lr)
+        rows[f"exact Adam from {label}"] = adam(obj, init, args.steps, args.lr)
+        rows[f"in-class from {label}"] = polish(obj, rows[f"exact Adam from {label}"])
     for label, model in rows.items():
         rep = obj.report(model)
         print(f"{label:<32} J = {rep['J']:.5f}  KL(π‖π*) = {rep['kl_optimum']:.5f}  TV = {rep['tv']:.4f}  shares "
