@@ -13,7 +13,8 @@ J(θ) = J* − α·KL(πθ‖π*), the gap to J* is the distance to the optimum.
 architecture, so the best one found bounds from below what the architecture can reach: if it lands within
 TV 0.03 of π* and the RL policy does not, the miss is the trainer's. If it misses too, that proves nothing:
 the search is local, and RL with a larger step and more samples has beaten it (docs/toy_kl.md, *Whose miss
-is it?*). The Adam stage is printed on its own, to show what L-BFGS's curvature adds. No library does this optimisation on an enumerated objective, hence this script.
+is it?*). The Adam stage is printed on its own, to show what L-BFGS's curvature adds. No library does this
+optimisation on an enumerated objective, hence this script.
 """
 
 import argparse
