@@ -10,6 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from rlcircuits.analysis.kl_optimum import (
     ExactObjective,
     closed_form,
+    enumerate_well_formed,
     exact_optimum,
     reweighted_branch_marginals,
     sequence_kl,
@@ -180,3 +181,44 @@ def test_branches_only_is_the_optimum_when_every_branch_is_deterministic(make_to
     for alpha in (0.3, 1.0):
         assert total_variation(reweighted_branch_marginals(logp, rewards, branches, task.branches, alpha),
                                tilted_branch_marginals(logp, rewards, branches, task.branches, alpha)) < 1e-12
+
+
+@pytest.mark.parametrize("reward,alpha", [("palindrome", 0.5), ("ones", 1.0)])
+def test_reweighting_a_policys_branches_maximises_the_objective(reward, alpha, make_toy):
+    """With a policy's continuations fixed, the branch weights that maximise J — found here by L-BFGS on J summed
+    over every sequence, a second implementation — are π*_b·exp(−KL(π(·|b)‖π*(·|b))) normalised, a third; and a
+    policy with π*'s continuations is reweighted to π*'s shares."""
+    task = make_toy(n_bits=3, reward=reward, invalid_reward=0.5)
+    logp, branches, rewards, outside = enumerate_well_formed(random_model(task, 0), task)
+    policy_logp, *_ = enumerate_well_formed(random_model(task, 1), task)
+    got = reweighted_branch_marginals(logp, rewards, branches, task.branches, alpha, outside, 0.5, policy_logp)
+
+    names = [*task.branches, MALFORMED]
+    idx = torch.tensor([names.index(b) for b in branches])
+    log_mass = torch.stack([torch.logsumexp(policy_logp[idx == k], 0) for k in range(len(task.branches))])
+    conditional = policy_logp - log_mass[idx]  # log π(y | b)
+    theta = torch.zeros(len(names), dtype=torch.double, requires_grad=True)
+
+    def minus_j():
+        log_w = torch.log_softmax(theta, 0)
+        lq, m = log_w[idx] + conditional, log_w[-1].exp()
+        return -((lq.exp() * (rewards - alpha * (lq - logp))).sum() + m * (0.5 - alpha * (log_w[-1] - math.log(outside))))
+
+    opt = torch.optim.LBFGS([theta], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")
+    opt.step(lambda: (opt.zero_grad(), (loss := minus_j()).backward(), loss)[2])
+    ascent = dict(zip(names, torch.softmax(theta.detach(), 0).tolist()))
+    assert got == pytest.approx(ascent, abs=1e-6)
+
+    log_optimal, rest = tilted(logp, rewards, alpha, outside, 0.5)
+    optimal = tilted_branch_marginals(logp, rewards, branches, task.branches, alpha, outside, 0.5)
+    discounted = {MALFORMED: rest}
+    for k, name in enumerate(task.branches):
+        own = idx == k
+        cond_opt = log_optimal[own] - torch.logsumexp(log_optimal[own], 0)
+        discounted[name] = optimal[name] * math.exp(-sequence_kl(conditional[own], 0.0, cond_opt, 0.0))
+    z = sum(discounted.values())
+    assert got == pytest.approx({k: v / z for k, v in discounted.items()}, abs=1e-9)
+    assert total_variation(got, optimal) > 0.01  # a random policy's continuations do cost it: the test has teeth
+    assert reweighted_branch_marginals(logp, rewards, branches, task.branches, alpha, outside, 0.5,
+                                       log_optimal) == pytest.approx(optimal, abs=1e-9)

@@ -81,11 +81,12 @@ def test_toy_kl_results_layout(tmp_path, monkeypatch, compose_cfg, caplog):
     assert str(tmp_path / "results.json") in caplog.text
     assert results["base_excess_loss"] > STALLED and "its SFT stalled or was cut short" in caplog.text  # 5 SFT steps
     assert results["alpha"] == 0.5 and results["branches"] == ["A", "B", "C"]
-    for kind in ("base", "policy", "optimal", "closed_form"):
+    for kind in ("base", "policy", "optimal", "closed_form", "branches_only", "reweighted"):
         shares = results["distribution"][kind]
         assert set(shares) == {"A", "B", "C"}
         assert 0.99 <= sum(shares.values()) + results["malformed"][kind] <= 1.01
     assert headline == results["tv_policy_optimal"]
+    assert headline <= results["tv_policy_reweighted"] + results["tv_reweighted_optimal"] + 1e-12  # its two parts
     kl_both_ways = results["kl_policy_optimal"], results["kl_optimal_policy"]
     assert 0 < results["tv_sequences_policy_optimal"] <= min(math.sqrt(kl / 2) for kl in kl_both_ways)  # Pinsker
     assert (tmp_path / "plots" / "branch_distribution.png").stat().st_size > 0

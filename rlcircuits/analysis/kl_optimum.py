@@ -10,6 +10,9 @@ versions of its branch marginals are computed, each independently:
 - ``branches_only``: the best policy that only moves mass between the base's branches, keeping each one's
   continuations (∝ P_b·exp(E_base[r | b]/α)). A policy near it and far from ``optimal`` has learned nothing
   inside the branches: where RL stalls on the parity rewards (docs/toy_kl.md, "Why parity stalls").
+- ``reweighted``: the same with the *policy's* continuations: the best branch shares for what it learned inside
+  the branches, ∝ π*_b·exp(−KL(π(·|b)‖π*(·|b))). ``tv_policy_reweighted`` is then the miss of RL's branch
+  weights and ``tv_reweighted_optimal`` the miss its continuations force (the two bound ``tv_policy_optimal``).
 ``tv_policy_optimal`` is the total-variation distance between the policy's and the optimum's branch
 distributions (the malformed share counted as one more outcome). Branch shares can agree while the bits
 inside a branch do not, so the policy is also enumerated for its exact distances from π* over whole
@@ -124,18 +127,29 @@ def sequence_kl(logp: torch.Tensor, rest_p: float, logq: torch.Tensor, rest_q: f
 
 
 def reweighted_branch_marginals(logp: torch.Tensor, rewards: torch.Tensor, branches: list[str], names: list[str],
-                                alpha: float, outside: float = 0.0, invalid_reward: float = 0.0) -> dict[str, float]:
-    """Branch marginals of the best policy that only reweights branches, each keeping the reference's
-    continuations: π(b, y) = w_b·p(y | b) maximises Σ_b w_b·E_p[r | b] − α·KL(w‖P) at w_b ∝ P_b·exp(E_p[r | b]/α),
-    P_b the reference's mass on branch b. Inputs as in ``tilted_branch_marginals``; the malformed outcome
-    (mass ``outside``, reward ``invalid_reward``) is one more branch. A policy at these shares has moved mass
-    between branches but learned nothing inside them.
+                                alpha: float, outside: float = 0.0, invalid_reward: float = 0.0,
+                                policy_logp: torch.Tensor | None = None) -> dict[str, float]:
+    """Branch marginals of the best policy that only reweights branches, each keeping fixed continuations:
+    the reference p's (``logp``), or a policy π's (``policy_logp [N]``). π'(b, y) = w_b·π(y | b) maximises
+    Σ_b w_b·V_b − α·KL(w‖P) at w_b ∝ P_b·exp(V_b/α), P_b the reference's mass on branch b and
+    V_b = E_π[r | b] − α·KL(π(·|b)‖p(·|b)) the branch's value. Equivalently w_b ∝ π*_b·exp(−KL(π(·|b)‖π*(·|b))):
+    π*'s share, discounted by how far the continuations are from π*'s. Other inputs as in
+    ``tilted_branch_marginals``; the malformed outcome (mass ``outside``, reward ``invalid_reward``) is one
+    more branch. With the reference's own continuations (V_b = E_p[r | b]) a policy at these shares has moved
+    mass between branches but learned nothing inside them; with a policy's, they are the best its
+    continuations allow, so a miss of π*'s shares splits into the branch weights' and the continuations'.
     """
     idx = torch.tensor([names.index(b) for b in branches])
-    p = logp.double().exp()
-    mass = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p)  # P_b
-    total = torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, p * rewards.double())
-    value = torch.where(mass > 0, total / mass, 0.0)  # E[r | b]; a branch of no mass keeps weight 0
+
+    def per_branch(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(names), dtype=torch.double).index_add_(0, idx, x)
+
+    log_p, log_q = logp.double(), (logp if policy_logp is None else policy_logp).double()
+    p, q = log_p.exp(), log_q.exp()
+    mass, q_mass = per_branch(p), per_branch(q)  # P_b, and π's mass on b
+    kl = per_branch(torch.where(q > 0, q * (log_q - log_p), 0.0)) / q_mass - (q_mass / mass).log()  # KL(π(·|b)‖p(·|b))
+    value = per_branch(q * rewards.double()) / q_mass - alpha * kl  # V_b; −∞ where π has mass p lacks
+    value = torch.where(mass > 0, value, 0.0)  # a branch the reference never takes keeps weight 0
     return tilted_branch_marginals(mass.log(), value, names, names, alpha, outside, invalid_reward)  # one "sequence" per branch
 
 
@@ -268,6 +282,8 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "closed_form": closed_form(task, cfg.alpha),
         "branches_only": reweighted_branch_marginals(logp, rewards, branches, task.branches, cfg.alpha, outside,
                                                      task.cfg.invalid_reward),
+        "reweighted": reweighted_branch_marginals(logp, rewards, branches, task.branches, cfg.alpha, outside,
+                                                  task.cfg.invalid_reward, policy_logp),
     }
     names = task.branches
     plot_distributions(dists, names, cfg.alpha, out_dir / "plots" / "branch_distribution.png")
@@ -288,6 +304,8 @@ def run(cfg: KLOptimumConfig, task: ToyABC, checkpoints: dict[str, Path], out_di
         "tv_base_data": total_variation(dists["base"], {n: task.cfg.branches[n].prob for n in names}),
         "tv_optimal_closed_form": tv_closed_form,
         "tv_policy_branches_only": total_variation(dists["policy"], dists["branches_only"]),
+        "tv_policy_reweighted": total_variation(dists["policy"], dists["reweighted"]),
+        "tv_reweighted_optimal": total_variation(dists["reweighted"], optimal),
         "tv_sequences_policy_optimal": sequence_tv(policy_logp, policy_outside, log_optimal, optimal_outside),
         "kl_policy_optimal": sequence_kl(policy_logp, policy_outside, log_optimal, optimal_outside),
         "kl_optimal_policy": sequence_kl(log_optimal, optimal_outside, policy_logp, policy_outside),
