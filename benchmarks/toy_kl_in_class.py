@@ -213,7 +213,8 @@ def main():
         rows[f"in-class from {label}"] = polish(obj, rows[f"exact Adam from {label}"])
     for label, model in rows.items():
         rep = obj.report(model)
-        print(f"{label:<32} J = {rep['J']:.5f}  KL(π‖π*) = {rep['kl_optimum']:.5f}  TV = {rep['tv']:.4f}  shares "
+        print(f"{label:<32} J = {rep['J']:.5f}  KL(π‖π*) = {rep['kl_optimum']:.5f}  TV = {rep['tv']:.4f} "
+              f"(weights {rep['tv_weights']:.4f}, continuations {rep['tv_continuations']:.4f})  shares "
               + "/".join(f"{rep['shares'][n]:.4f}" for n in names))
 
 

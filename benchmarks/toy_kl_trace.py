@@ -1,5 +1,7 @@
 """Where a toy_kl policy really is during RL: the exact objective J = E[r] − α·KL(π‖π_base), its KL, the
-branch shares and the TV to the optimum after every RL step, by enumerating every well-formed sequence.
+branch shares and the TV to the optimum after every RL step, by enumerating every well-formed sequence; and
+that TV's two parts (``tv_weights``: the branch weights' miss for the policy's continuations; ``tv_continuations``:
+the miss those continuations force; docs/toy_kl.md, "Weights or continuations").
 
     python benchmarks/toy_kl_trace.py --out trace alpha=2 seed=1 trainer=ppo trainer.kl=k1 \\
         base.checkpoint=outputs/<date>/<time>/checkpoints/base
@@ -42,7 +44,8 @@ class Trace:
 
     def log(self, metrics: dict, step: int, stage: str) -> None:
         report = self.objective.report(self.policy)
-        self.rows.append({"step": step, **{k: report[k] for k in ("J", "reward", "kl_base", "kl_optimum", "tv")},
+        self.rows.append({"step": step, **{k: report[k] for k in ("J", "reward", "kl_base", "kl_optimum", "tv", "tv_weights",
+                                                            "tv_continuations")},
                           **report["shares"], "sampled_objective": float(metrics.get("train/objective", float("nan")))})
 
 
@@ -103,7 +106,8 @@ def main():
     print(f"steps with J below the base's: {len(below)} of {len(rows)}"
           + (f" (first {below[0]}, last {below[-1]})" if below else ""))
     last = rows[-1]
-    print(f"final: J {last['J']:.4f}, KL(π‖π*) {last['kl_optimum']:.5f}, TV to the optimum {last['tv']:.4f}")
+    print(f"final: J {last['J']:.4f}, KL(π‖π*) {last['kl_optimum']:.5f}, TV to the optimum {last['tv']:.4f} "
+          f"(its branch weights {last['tv_weights']:.4f}, its continuations {last['tv_continuations']:.4f})")
     print(f"wrote trace.csv, trace.png and the final policy (policy/) to {args.out}")
 
 

@@ -86,6 +86,9 @@ def test_exact_objective_peaks_at_the_optimum_and_its_gap_is_alpha_times_kl(make
     assert sequence_tv(lp, float(m), log_star, m_tilted) == pytest.approx(float(tv), rel=1e-6)
     assert float(tv) <= math.sqrt(float(kl) / 2)  # Pinsker: the bound docs/toy_kl.md quotes
     assert report["J"] == pytest.approx(report["reward"] - alpha * report["kl_base"])
+    assert report["tv"] <= report["tv_weights"] + report["tv_continuations"] + 1e-12  # its two parts
+    assert report["tv_continuations"] == pytest.approx(total_variation(reweighted_branch_marginals(
+        obj.lb, obj.r, obj.branch_of, obj.names, alpha, obj.m_base, obj.r_m, lp), obj.optimum), abs=1e-12)
     assert obj.report(base)["kl_base"] == pytest.approx(0, abs=1e-9)
 
 

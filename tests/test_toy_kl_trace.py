@@ -24,5 +24,5 @@ def test_trace_trains_the_same_policy_as_the_run(tmp_path):
     assert not torch.equal(run_policy["lm_head.weight"], AutoModelForCausalLM.from_pretrained(
         tmp_path / "run" / "checkpoints" / "base").state_dict()["lm_head.weight"])  # RL moved it: a real check
     rows = (tmp_path / "trace" / "trace.csv").read_text().splitlines()
-    assert rows[0].startswith("step,J,reward,kl_base,kl_optimum,tv") and len(rows) > 2
+    assert rows[0].startswith("step,J,reward,kl_base,kl_optimum,tv,tv_weights,tv_continuations") and len(rows) > 2
     assert "TV to the optimum" in out

@@ -191,9 +191,9 @@ class ExactObjective:
     """
 
     def __init__(self, task: ToyABC, base, alpha: float):
-        self.ids, branches, rewards = task.well_formed()  # [N, T]
+        self.ids, self.branch_of, rewards = task.well_formed()  # [N, T], and each row's branch name
         self.alpha, self.names = alpha, list(task.branches)
-        self.branch = torch.tensor([self.names.index(b) for b in branches])  # [N]
+        self.branch = torch.tensor([self.names.index(b) for b in self.branch_of])  # [N]
         self.r, self.r_m = torch.tensor(rewards, dtype=torch.double), float(task.cfg.invalid_reward)
         with torch.no_grad():
             self.lb = sequence_logprobs(copy.deepcopy(base).cpu().double(), self.ids)  # [N] log π_base
@@ -219,13 +219,17 @@ class ExactObjective:
 
     @torch.no_grad()
     def report(self, model) -> dict:
-        """``model``'s J, E[r], KL to the base and to π*, TV to π*'s branch shares, and its shares."""
+        """``model``'s J, E[r], KL to the base and to π*, TV to π*'s branch shares and its two parts (as
+        ``tv_policy_reweighted`` and ``tv_reweighted_optimal`` in results.json), and its shares."""
         lp = sequence_logprobs(copy.deepcopy(model).cpu().double(), self.ids)
         p, shares = lp.exp(), self.shares(lp)
         j, reward = float(self.value(lp)), float((p * self.r).sum()) + shares[MALFORMED] * self.r_m
+        reweighted = reweighted_branch_marginals(self.lb, self.r, self.branch_of, self.names, self.alpha,
+                                                 self.m_base, self.r_m, lp)
         return {"J": j, "reward": reward, "kl_base": (reward - j) / self.alpha,
                 "kl_optimum": (self.j_star - j) / self.alpha, "tv": total_variation(shares, self.optimum),
-                "shares": shares}
+                "tv_weights": total_variation(shares, reweighted),
+                "tv_continuations": total_variation(reweighted, self.optimum), "shares": shares}
 
 
 def closed_form(task: ToyABC, alpha: float) -> dict[str, float]:
