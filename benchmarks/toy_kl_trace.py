@@ -34,6 +34,7 @@ from rlcircuits.tasks.toy_abc import MALFORMED
 from rlcircuits.trainers import TRAINERS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+COLUMNS = ("J", "reward", "kl_base", "kl_optimum", "tv", "tv_weights", "tv_continuations")  # of ExactObjective.report
 
 
 class Trace:
@@ -44,9 +45,8 @@ class Trace:
 
     def log(self, metrics: dict, step: int, stage: str) -> None:
         report = self.objective.report(self.policy)
-        self.rows.append({"step": step, **{k: report[k] for k in ("J", "reward", "kl_base", "kl_optimum", "tv", "tv_weights",
-                                                            "tv_continuations")},
-                          **report["shares"], "sampled_objective": float(metrics.get("train/objective", float("nan")))})
+        self.rows.append({"step": step, **{k: report[k] for k in COLUMNS}, **report["shares"],
+                          "sampled_objective": float(metrics.get("train/objective", float("nan")))})
 
 
 def plot(rows: list[dict], objective: ExactObjective, j_base: float, names: list[str], title: str):

@@ -209,7 +209,14 @@ def test_reweighting_a_policys_branches_maximises_the_objective(reward, alpha, m
 
     opt = torch.optim.LBFGS([theta], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
                             line_search_fn="strong_wolfe")
-    opt.step(lambda: (opt.zero_grad(), (loss := minus_j()).backward(), loss)[2])
+
+    def closure():
+        opt.zero_grad()
+        loss = minus_j()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
     ascent = dict(zip(names, torch.softmax(theta.detach(), 0).tolist()))
     assert got == pytest.approx(ascent, abs=1e-6)
 
