@@ -28,7 +28,7 @@ from torch.func import functional_call, jacrev
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from rlcircuits.analysis.kl_optimum import ExactObjective, sequence_logprobs
+from rlcircuits.analysis.kl_optimum import ExactObjective, sequence_kl, sequence_logprobs
 from rlcircuits.pipeline import build_spec, load_results
 from rlcircuits.tasks import TASKS
 from rlcircuits.tasks.toy_abc import MALFORMED
@@ -97,9 +97,11 @@ def exact_trainer(obj: ExactObjective, init, cfg):
         def moved() -> float:
             with torch.no_grad():
                 lp = sequence_logprobs(model, obj.ids).double()
-            m0, m = ((1 - x.exp().sum()).clamp(min=1e-300) for x in (lp0, lp))
-            return float((lp0.exp() * (lp0 - lp)).sum() + m0 * (m0.log() - m.log()))
+            return sequence_kl(lp0, malformed(lp0), lp, malformed(lp))
         return moved
+
+    def malformed(lp: torch.Tensor) -> float:
+        return max(float(1 - lp.exp().sum()), 1e-300)
 
     for _ in tqdm(range(cfg.steps), desc="trainer on the exact gradient", leave=False):
         lp = sequence_logprobs(model, obj.ids).double()
