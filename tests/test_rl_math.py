@@ -11,6 +11,7 @@ import torch
 
 from rlcircuits.trainers.rl_math import (
     adaptive_kl_coef,
+    annealed_alpha,
     clipped_policy_loss,
     clipped_value_loss,
     dpg_weights,
@@ -159,6 +160,14 @@ def test_explained_variance_and_kl_controller():
     assert explained_variance(torch.zeros(3, 4) + target.mean(), target, mask).abs() < 1e-5
     assert adaptive_kl_coef(0.1, kl=10.0, target=1.0, horizon=100, n=10) == pytest.approx(0.1 * 1.02)
     assert adaptive_kl_coef(0.1, kl=0.5, target=1.0, horizon=100, n=10) == pytest.approx(0.1 * 0.98)
+
+
+def test_annealed_alpha_falls_geometrically_then_holds():
+    steps = [annealed_alpha(t, 100, alpha=0.5, start=4.0, anneal=0.5) for t in range(100)]
+    assert steps[0] == 4.0 and steps[25] == pytest.approx((4.0 * 0.5) ** 0.5)  # halfway: the geometric mean
+    assert steps[50:] == [0.5] * 50
+    assert all(steps[t + 1] / steps[t] == pytest.approx(0.125 ** (1 / 50)) for t in range(49))
+    assert {annealed_alpha(t, 100, alpha=0.5, start=0.0, anneal=0.5) for t in range(100)} == {0.5}
 
 
 def test_prefix_baseline_is_leave_one_out_among_shared_prefixes():

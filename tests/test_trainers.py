@@ -78,6 +78,7 @@ CASES = {
     "reinforce-prefix": {**RL, "baseline": "prefix"},
     "reinforce-full_kl": {**RL, "baseline": "prefix", "kl": "full"},
     "reinforce-max_kl": {**RL, "baseline": "prefix", "max_kl": 0.02},
+    "reinforce-annealed": {**RL, "baseline": "prefix", "alpha_start": 0.5},
     "reinforce-dpg": {**RL, "baseline": "prefix", "objective": "dpg"},
     "ppo": {**RL, "num_minibatches": 2, "update_epochs": 2},
     "ppo-full_kl": {**RL, "num_minibatches": 2, "kl": "full"},
@@ -179,6 +180,10 @@ def test_trainer_learns_and_changes_every_parameter(case, task, tiny):
         assert all(0 < r["train/ess"] <= 1 for r in logger.rows)
     if "target_kl" in CASES[case]:
         assert len({r["train/kl_coef"] for r in logger.rows}) > 1  # the controller moved α
+    if "alpha_start" in CASES[case]:  # α fell from alpha_start to alpha by the anneal's end, then held
+        alphas = [r["train/alpha"] for r in logger.rows]
+        assert alphas[0] == CASES[case]["alpha_start"] and alphas == sorted(alphas, reverse=True)
+        assert alphas[cfg.steps // 2:] == pytest.approx([cfg.alpha] * (cfg.steps - cfg.steps // 2))
     if "max_kl" in CASES[case]:  # the line search ran, and every step kept within its budget
         assert max(r["train/halvings"] for r in logger.rows) > 0
         assert max(r["train/step_kl"] for r in logger.rows) <= CASES[case]["max_kl"]
@@ -281,6 +286,10 @@ def test_backtrack_halves_the_step_until_the_policy_moved_by_at_most_max_kl():
     ("ppo", "backend=trl", "trainer.backend"),
     ("reinforce", "backend=trl baseline=mean", "trainer.baseline"),
     ("reinforce", "kl=k3", "trainer.kl"),
+    ("reinforce", "alpha=0.5 alpha_start=0.1", "trainer.alpha_start"),
+    ("reinforce", "alpha=0 alpha_start=1", "trainer.alpha_start"),
+    ("reinforce", "alpha_anneal=0", "trainer.alpha_anneal"),
+    ("reinforce", "backend=trl baseline=rloo alpha_start=1", "trainer.alpha_start"),
     ("reinforce", "objective=forward", "trainer.objective"),
     ("reinforce", "objective=dpg kl=full", "trainer.objective"),
     ("reinforce", "backend=trl baseline=rloo kl=full", "trainer.kl"),

@@ -24,6 +24,12 @@ touches only them. The conf's 10 % warm-up is for the same model: Adam's first s
 the full lr whatever the size of its gradient. ``backend=trl`` runs ``trl.RLOOTrainer`` (baseline=rloo
 and k1 only; sequence-level KL, same objective), with the line search as a callback (``trl_backend.py``).
 
+``alpha_start`` anneals the KL coefficient: it starts there and falls geometrically to ``alpha`` over the
+first ``alpha_anneal`` of the steps, then stays, so the objective RL ends on is the same. Straight at a small α
+the 211-parameter toy model stops in basins that miss π* (parity, ``palindrome``, ``unique``); followed down
+from α = 4, where π* is near the base, the exact objective's optimum is reached on each (docs/toy_kl.md,
+*Annealing α*). TRL's RLOOTrainer keeps its coefficient fixed, hence native only.
+
 ``objective=dpg`` swaps what each token is weighted by: instead of its return, its sequence's importance
 weight π*(y)/π(y) (``dpg_weights``: exp(R/α) normalised over each prompt's samples, as Z depends on the
 prompt), the same prefix baseline subtracted. That is distributional policy gradient (Khalifa et al. 2021; Korbak et al. 2022 compare it with
@@ -49,7 +55,14 @@ from rlcircuits.registry import check
 from rlcircuits.tasks.base import Task
 from rlcircuits.trainers import TRAINERS, train_with_trl
 from rlcircuits.trainers.common import TrainerConfig, collect, log_step, optimizer_and_schedule, step_within_kl
-from rlcircuits.trainers.rl_math import dpg_weights, full_kl, group_baseline, kl_returns, prefix_baseline
+from rlcircuits.trainers.rl_math import (
+    annealed_alpha,
+    dpg_weights,
+    full_kl,
+    group_baseline,
+    kl_returns,
+    prefix_baseline,
+)
 from rlcircuits.trainers.rollout import reference_scores, score
 
 
@@ -63,6 +76,8 @@ class ReinforceConfig(TrainerConfig):
     baseline: str = "rloo"  # rloo (leave-one-out over the group) | prefix (… sharing the prefix; conf default) | mean
     kl: str = "k1"  # k1 (each sampled token's log-ratio) | full (each position's exact KL over the vocabulary)
     max_kl: float = 0.0  # > 0: halve a step until the policy moved by ≤ this many nats per sequence (0 = off)
+    alpha_start: float = 0.0  # > 0: the KL coefficient starts here, falling geometrically to alpha (0 = off)
+    alpha_anneal: float = 0.5  # fraction of the steps over which it falls
     objective: str = "rl"  # rl (max E[r] − α·KL(π‖π_ref), i.e. min KL(π‖π*)) | dpg (min KL(π*‖π))
 
     def __post_init__(self):
@@ -77,6 +92,11 @@ class ReinforceConfig(TrainerConfig):
         check(self.kl in ("k1", "full"), "kl", f"{self.kl!r} is not one of k1, full")
         check(self.backend != "trl" or self.kl == "k1", "kl",
               "TRL's RLOOTrainer has only k1: use kl=k1, or backend=native")
+        check(self.alpha_start == 0 or self.alpha_start >= self.alpha > 0, "alpha_start",
+              f"{self.alpha_start} must be 0 (off) or ≥ alpha ({self.alpha}), with alpha > 0")
+        check(0 < self.alpha_anneal <= 1, "alpha_anneal", f"{self.alpha_anneal} must be a fraction in (0, 1]")
+        check(self.backend != "trl" or not self.alpha_start, "alpha_start",
+              "TRL's RLOOTrainer keeps its KL coefficient fixed: use alpha_start=0, or backend=native")
         check(self.max_kl >= 0, "max_kl", f"{self.max_kl} must be ≥ 0 (0 turns the line search off)")
         check(self.objective in ("rl", "dpg"), "objective", f"{self.objective!r} is not one of rl, dpg")
         check(self.objective == "rl" or (self.backend == "native" and self.kl == "k1" and self.alpha > 0), "objective",
@@ -106,10 +126,11 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
         kl_tok = (full_kl(new.dist, ref.dist) if full else new.logp.detach() - ref.logp) * mask  # [B, C]
         penalty = kl_tok.detach()
         kl = penalty.sum(-1)  # [B] sequence KL (exact per position, or its k1 estimate)
-        to_go = kl_returns(reward, penalty, mask, cfg.alpha, own=not full)  # [B, C] G_t
+        alpha = annealed_alpha(step, cfg.steps, cfg.alpha, cfg.alpha_start, cfg.alpha_anneal)
+        to_go = kl_returns(reward, penalty, mask, alpha, own=not full)  # [B, C] G_t
         extra = {}
         if cfg.objective == "dpg":  # every token carries its sequence's π*/π; G_0 is the whole return R
-            weight = dpg_weights(to_go[:, 0].view(-1, cfg.num_generations), cfg.alpha).view(-1)  # [B], per prompt
+            weight = dpg_weights(to_go[:, 0].view(-1, cfg.num_generations), alpha).view(-1)  # [B], per prompt
             to_go = weight[:, None] * mask
             extra["train/ess"] = weight.sum() ** 2 / (weight**2).sum() / len(weight)  # effective sample share
         if cfg.baseline == "prefix":
@@ -118,10 +139,10 @@ def train(cfg: ReinforceConfig, policy, reference, task: Task, logger, stage: st
             baseline = torch.stack([group_baseline(g.contiguous(), cfg.num_generations, cfg.baseline)
                                     for g in to_go.unbind(1)], 1)
         advantage = (to_go - baseline) * mask  # [B, C]
-        loss = (-(advantage * new.logp).sum(-1) + (cfg.alpha * kl_tok.sum(-1) if full else 0)).mean()
+        loss = (-(advantage * new.logp).sum(-1) + (alpha * kl_tok.sum(-1) if full else 0)).mean()
         loss.backward()
         grad_norm, search = step_within_kl(policy, opt, sched, cfg, rollout, new.logp.detach(), cfg.max_kl)
         log_step(logger, bar, {"train/reward": reward.mean(), "train/kl": kl.mean(), "train/loss": loss,
-                               "train/objective": (reward - cfg.alpha * kl).mean(), "train/grad_norm": grad_norm,
+                               "train/objective": (reward - cfg.alpha * kl).mean(), "train/alpha": alpha, "train/grad_norm": grad_norm,
                                "train/lr": sched.get_last_lr()[0], **search, **extra}, step, stage, cfg, policy, task, seed)
     return policy

@@ -55,6 +55,15 @@ def kl_returns(reward: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, alpha
     return (reward[:, None] - alpha * to_go) * mask
 
 
+def annealed_alpha(step: int, steps: int, alpha: float, start: float, anneal: float) -> float:
+    """The KL coefficient at ``step`` of ``steps``: ``start`` falling geometrically to ``alpha`` over the
+    first ``anneal`` of the steps, then ``alpha``; ``start`` 0 means ``alpha`` throughout."""
+    span = anneal * steps
+    if not start or step >= span:
+        return alpha
+    return start * (alpha / start) ** (step / span)
+
+
 def dpg_weights(returns: torch.Tensor, alpha: float, log_p: torch.Tensor | None = None) -> torch.Tensor:
     """π*(y)/π(y) for samples y of π, self-normalised along the last dim (one prompt's samples), shape of
     ``returns``: the importance weights of distributional policy gradient (Khalifa et al. 2021), which
