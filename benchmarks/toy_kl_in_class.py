@@ -1,11 +1,13 @@
 """Is a toy_kl miss the trainer's or the model's? The best policy the architecture reaches on the exact objective.
 
     python benchmarks/toy_kl_in_class.py outputs/<date>/<time> [--steps 3000] [--natural 40] [--hessian] [--exact-trainer]
+        [--homotopy 4]
 
 Takes a finished toy_kl run (its config in ``.hydra/config.yaml``, its base and policy checkpoints) and
 maximises J(θ) = E_πθ[r] − α·KL(πθ‖π_base) with no sampling: a sum over every well-formed sequence plus one
 lumped malformed outcome, in float64, by full-batch Adam (cosine decay) and then L-BFGS, from the base and
-from the RL policy (``--natural N``: also N exact natural-gradient steps from the RL policy, the Fisher
+from the RL policy (``--homotopy A``: also from the base along KL coefficients falling from A to the run's α;
+``--natural N``: also N exact natural-gradient steps from the RL policy, the Fisher
 enumerated too; ``--exact-trainer``: also the run's RL recipe from the base with the exact gradient in place of
 the sampled one; ``--hessian``: also the exact Hessian's extreme eigenvalues on L-BFGS's way from the RL
 policy onto the stationary point near it, to tell a flat saddle from a local maximum). Since
@@ -33,6 +35,7 @@ from rlcircuits.pipeline import build_spec, load_results
 from rlcircuits.tasks import TASKS
 from rlcircuits.tasks.toy_abc import MALFORMED
 from rlcircuits.trainers.common import backtrack, clip_and_step, optimizer_and_schedule
+from rlcircuits.trainers.rl_math import annealed_alpha
 
 
 def lbfgs_on(obj: ExactObjective, model, max_iter: int, tolerance_grad: float):
@@ -84,8 +87,23 @@ def polish(obj: ExactObjective, init):
     return model.eval()
 
 
+def homotopy(task, base, alpha: float, start: float, steps: int, lr: float):
+    """The in-class search along a ladder of KL coefficients: from the base, exact Adam then L-BFGS at
+    ``start``, then at each α a factor √2 smaller down to ``alpha``, every stage warm-started from the last.
+    At a large α π* is near the base and the search finds it; each rung moves π* a little, so the policy can
+    follow it. Straight at a small α the same search can stop in another basin (docs/toy_kl.md, *Annealing α*).
+    Returns the model at ``alpha``."""
+    rungs = math.ceil(2 * math.log2(start / alpha))
+    model = base
+    for k in range(rungs + 1):
+        obj = ExactObjective(task, base, alpha * 2 ** ((rungs - k) / 2) if k < rungs else alpha)
+        model = polish(obj, adam(obj, model, steps, lr))
+    return model
+
+
 def exact_trainer(obj: ExactObjective, init, cfg):
-    """The run's own RL recipe (``cfg``: AdamW, warm-up and decay, clipping, ``max_kl`` line search, steps)
+    """The run's own RL recipe (``cfg``: AdamW, warm-up and decay, clipping, ``max_kl`` line search, steps,
+    REINFORCE's ``alpha_start`` anneal)
     driven by the exact gradient of J instead of a sampled one, the line search measuring the exact KL
     from the step's start; in float32 as the trainer. Where it reaches π* and RL does not, RL's miss is
     its sampling noise; where it misses too, it is the recipe's step sizes on this landscape."""
@@ -103,11 +121,13 @@ def exact_trainer(obj: ExactObjective, init, cfg):
     def malformed(lp: torch.Tensor) -> float:
         return max(float(1 - lp.exp().sum()), 1e-300)
 
-    for _ in tqdm(range(cfg.steps), desc="trainer on the exact gradient", leave=False):
+    for step in tqdm(range(cfg.steps), desc="trainer on the exact gradient", leave=False):
         lp = sequence_logprobs(model, obj.ids).double()
         before = [q.detach().clone() for q in model.parameters()]
         opt.zero_grad()
-        (-obj.value(lp)).backward()
+        alpha = annealed_alpha(step, cfg.steps, cfg.alpha, getattr(cfg, "alpha_start", 0.0),  # REINFORCE's anneal
+                               getattr(cfg, "alpha_anneal", 1.0))
+        (-obj.value(lp, alpha)).backward()
         clip_and_step(model, opt, sched, cfg)
         if cfg.max_kl:
             backtrack(model, before, moved_from(lp.detach()), cfg.max_kl)
@@ -190,6 +210,9 @@ def main():
     parser.add_argument("--hessian", action="store_true",
                         help="also print the exact Hessian's extreme eigenvalues on the way onto the RL policy's "
                              "stationary point")
+    parser.add_argument("--homotopy", type=float, default=0.0, metavar="ALPHA",
+                        help="also search from the base along KL coefficients falling by √2 from ALPHA to the "
+                             "run's α (--steps Adam steps and L-BFGS at each)")
     parser.add_argument("--exact-trainer", action="store_true",
                         help="also run the run's own RL recipe from the base on the exact gradient (no sampling)")
     args = parser.parse_args()
@@ -210,6 +233,8 @@ def main():
         rows["trainer on the exact gradient"] = exact_trainer(obj, base, spec.arms["policy"])
     if args.natural:
         rows["natural gradient from RL policy"] = natural_ascent(obj, policy, args.natural)
+    if args.homotopy:
+        rows[f"in-class from base, α from {args.homotopy:g}"] = homotopy(task, base, alpha, args.homotopy, args.steps, args.lr)
     for label, init in (("base", base), ("RL policy", policy)):
         rows[f"exact Adam from {label}"] = adam(obj, init, args.steps, args.lr)
         rows[f"in-class from {label}"] = polish(obj, rows[f"exact Adam from {label}"])

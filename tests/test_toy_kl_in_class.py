@@ -16,11 +16,11 @@ def test_every_policy_found_is_below_the_optimum(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "run.py"), "experiment=toy_kl", "debug=smoke", "alpha=0.5",
                     "seed=3", f"hydra.run.dir={run}"], check=True, capture_output=True)
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_kl_in_class.py"), str(run), "--steps", "30",
-                          "--exact-trainer"], check=True, capture_output=True, text=True).stdout
+                          "--exact-trainer", "--homotopy", "2"], check=True, capture_output=True, text=True).stdout
     j_star = float(re.search(r"J\* = (-?[\d.]+)", out).group(1))
     rows = {m["label"]: (float(m["j"]), float(m["kl"])) for m in ROW.finditer(out)}  # Gibbs: J ≤ J*
     assert set(rows) == {"RL policy", "trainer on the exact gradient", "exact Adam from base", "in-class from base",
-                         "exact Adam from RL policy", "in-class from RL policy"}
+                         "exact Adam from RL policy", "in-class from RL policy", "in-class from base, α from 2"}
     for label, (j, kl) in rows.items():
         assert j <= j_star + 1e-5 and kl >= -1e-5, label
     for start in ("base", "RL policy"):

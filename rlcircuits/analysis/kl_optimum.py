@@ -204,12 +204,14 @@ class ExactObjective:
         self.log_optimum = self.lb + self.r / alpha - log_z  # [N] log π*
         self.optimum = self.shares(self.log_optimum)  # π*'s branch and malformed shares
 
-    def value(self, lp: torch.Tensor) -> torch.Tensor:
-        """J of the policy whose well-formed sequences have log-probabilities ``lp [N]`` (differentiable)."""
+    def value(self, lp: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
+        """J of the policy whose well-formed sequences have log-probabilities ``lp [N]`` (differentiable);
+        ``alpha`` another KL coefficient than the objective's (an annealing trainer's of the moment)."""
+        alpha = self.alpha if alpha is None else alpha
         p = lp.exp()
         m = (1 - p.sum()).clamp(min=1e-300)
-        return ((p * (self.r - self.alpha * (lp - self.lb))).sum()
-                + m * (self.r_m - self.alpha * (m.log() - math.log(self.m_base))))
+        return ((p * (self.r - alpha * (lp - self.lb))).sum()
+                + m * (self.r_m - alpha * (m.log() - math.log(self.m_base))))
 
     def shares(self, lp: torch.Tensor) -> dict[str, float]:
         """Branch shares and the malformed share of the policy with log-probabilities ``lp [N]``."""
