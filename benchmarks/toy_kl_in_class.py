@@ -89,14 +89,15 @@ def polish(obj: ExactObjective, init):
 
 def homotopy(task, base, alpha: float, start: float, steps: int, lr: float):
     """The in-class search along a ladder of KL coefficients: from the base, exact Adam then L-BFGS at
-    ``start``, then at each α a factor √2 smaller down to ``alpha``, every stage warm-started from the last.
+    ``start`` (rounded up to ``alpha`` times a power of √2), then at each α a factor √2 smaller down to
+    ``alpha``, every stage warm-started from the last.
     At a large α π* is near the base and the search finds it; each rung moves π* a little, so the policy can
     follow it. Straight at a small α the same search can stop in another basin (docs/toy_kl.md, *Annealing α*).
     Returns the model at ``alpha``."""
     rungs = math.ceil(2 * math.log2(start / alpha))
     model = base
     for k in range(rungs + 1):
-        obj = ExactObjective(task, base, alpha * 2 ** ((rungs - k) / 2) if k < rungs else alpha)
+        obj = ExactObjective(task, base, alpha * 2 ** ((rungs - k) / 2))
         model = polish(obj, adam(obj, model, steps, lr))
     return model
 
@@ -222,6 +223,8 @@ def main():
     paths = load_results(args.run_dir)["checkpoints"]
     base, policy = (AutoModelForCausalLM.from_pretrained(paths[k]).eval() for k in ("base", "policy"))
     alpha = spec.arms["policy"].alpha
+    if args.homotopy and args.homotopy <= alpha:
+        parser.error(f"--homotopy {args.homotopy:g} must exceed the run's α ({alpha:g}): the ladder falls to it")
     obj = ExactObjective(task, base, alpha)
     names = [*task.branches, MALFORMED]
     print(f"{task.cfg.reward} α={alpha:g}: J* = {obj.j_star:.5f}, optimum shares "
