@@ -30,7 +30,8 @@ the exact search on the 211-parameter toy model stops in basins that miss π* (p
 ``unique``); followed down from α = 4, where π* is near the base, it reaches the optimum on each. RL follows
 that path only slowly (``alpha_start=8``, lr 1e-2, 6,000 steps, ``alpha_anneal=0.8``: 46 of the 48 reward
 cells on one draw, parity at α = 0.5 not on every draw; at 1,500 steps no better than without the anneal;
-docs/toy_kl.md, *Annealing α*), seven times the default's time, so it is off by default. TRL's RLOOTrainer keeps its coefficient fixed, hence native only.
+docs/toy_kl.md, *Annealing α*), seven times the default's time, so it is off by default. TRL's RLOOTrainer
+keeps its coefficient fixed, hence native only.
 
 ``objective=dpg`` swaps what each token is weighted by: instead of its return, its sequence's importance
 weight π*(y)/π(y) (``dpg_weights``: exp(R/α) normalised over each prompt's samples, as Z depends on the
