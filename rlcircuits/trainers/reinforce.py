@@ -29,7 +29,7 @@ first ``alpha_anneal`` of the steps, then stays, so the objective RL ends on is 
 the exact search on the 211-parameter toy model stops in basins that miss π* (parity, ``palindrome``,
 ``unique``); followed down from α = 4, where π* is near the base, it reaches the optimum on each. RL follows
 that path only slowly (lr 1e-2, ``alpha_anneal=0.8``: from 8 over 6,000 steps 46 of the 48 reward cells on
-one draw, parity at α = 0.5 not on every draw; from 4 over 9,000 steps all 24 at α = 0.5; at 1,500 steps no
+one draw, parity at α = 0.5 not on every draw; from 4 over 9,000 steps all 48; at 1,500 steps no
 better than without the anneal; docs/toy_kl.md, *Annealing α*), seven to eleven times the default's time, so
 it is off by default. TRL's RLOOTrainer keeps its coefficient fixed, hence native only.
 
