@@ -30,8 +30,8 @@ the exact search on the 211-parameter toy model stops in basins that miss π* (p
 ``unique``); followed down from α = 4, where π* is near the base, it reaches the optimum on each. RL follows
 that path only slowly (lr 1e-2, ``alpha_anneal=0.8``: from 8 over 6,000 steps 46 of the 48 reward cells on
 one draw, parity at α = 0.5 not on every draw; from 4 over 9,000 steps all 48; at 1,500 steps no
-better than without the anneal; docs/toy_kl.md, *Annealing α*), seven to eleven times the default's time, so
-it is off by default. TRL's RLOOTrainer keeps its coefficient fixed, hence native only.
+better than without the anneal; docs/toy_kl.md, *Annealing α*), seven to eleven times the 60 s
+budget of one α, so it is off by default. TRL's RLOOTrainer keeps its coefficient fixed, hence native only.
 
 ``objective=dpg`` swaps what each token is weighted by: instead of its return, its sequence's importance
 weight π*(y)/π(y) (``dpg_weights``: exp(R/α) normalised over each prompt's samples, as Z depends on the
